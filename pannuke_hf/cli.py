@@ -1,0 +1,54 @@
+"""The ``pannuke-hf`` command: a thin dispatcher to one module per sub-command.
+
+Each sub-command lives in ``pannuke_hf/commands/<name>.py`` and exposes
+``main(argv: list[str] | None) -> int``. Modules are imported only when their command runs,
+so ``pannuke-hf --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+#: command name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "make-synthetic": ("pannuke_hf.commands.make_synthetic", "write generated folds in the raw PanNuke format"),
+    "prepare": ("pannuke_hf.commands.prepare", "download (optional) and build the Arrow dataset"),
+    "stats": ("pannuke_hf.commands.stats", "class-statistics table of a split, as Markdown"),
+    "export": ("pannuke_hf.commands.export", "Parquet shards + dataset card; optionally push to the Hub"),
+    "convert-mmseg": ("pannuke_hf.commands.convert_mmseg", "convert an mmsegmentation UNet-FCN checkpoint"),
+    "train": ("pannuke_hf.commands.train", "train a UNet-FCN (same as `accelerate launch train.py`)"),
+    "evaluate": ("pannuke_hf.commands.evaluate", "score a checkpoint on a split; table + JSON"),
+    "predict": ("pannuke_hf.commands.predict", "predict label maps and overlays for image files"),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: pannuke-hf COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run `pannuke-hf COMMAND --help` for the arguments of a command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``pannuke-hf`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from . import __version__
+
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"pannuke-hf: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
