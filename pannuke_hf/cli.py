@@ -12,7 +12,10 @@ import sys
 
 #: command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "make-synthetic": ("pannuke_hf.commands.make_synthetic", "write generated folds in the raw PanNuke format"),
+    "make-synthetic": (
+        "pannuke_hf.commands.make_synthetic",
+        "write generated folds in the raw PanNuke format",
+    ),
     "prepare": ("pannuke_hf.commands.prepare", "download (optional) and build the Arrow dataset"),
     "stats": ("pannuke_hf.commands.stats", "class-statistics table of a split, as Markdown"),
     "export": ("pannuke_hf.commands.export", "Parquet shards + dataset card; optionally push to the Hub"),

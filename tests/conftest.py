@@ -20,3 +20,8 @@ def _isolated_hf_cache(tmp_path_factory, monkeypatch):
     import datasets.config
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+
+
+# Fixture modules, one per owner, so they can grow independently.
+from _fixtures_data import *  # noqa: E402,F403
+from _fixtures_hub import *  # noqa: E402,F403
