@@ -1,0 +1,233 @@
+"""Benchmark: preparing PanNuke folds, the builder against the reference approach.
+
+Generates folds in the raw format (``pannuke_hf.data.synthetic``), then times, each in a fresh
+subprocess:
+
+* ``builder np=1`` / ``builder np=2``: ``PanNuke(data_dir=...).download_and_prepare(num_proc=N)``
+  (memory-mapped reading, PNG-encoded Arrow shards);
+* ``reference``: the reference project's approach: each fold's ``images.npy`` and ``masks.npy``
+  loaded whole with ``np.load``, then one PNG written per image and one per label map (masks cast
+  to uint8 and written channel by channel as label ``(j + 1) % 6``), with PIL's defaults.
+
+Printed as a Markdown table: patches/s and peak memory, three ways: ``RSS main`` =
+``ru_maxrss`` of the measured process itself; ``RSS worker`` = the largest ``num_proc`` worker
+(``ru_maxrss`` of its children); ``PSS all`` = the largest sum of proportional set sizes over the
+process and all its descendants, sampled every 50 ms from /proc (shared pages counted once).
+
+Usage::
+
+    python benchmarks/bench_prepare.py                       # 100 patches per fold (short)
+    python benchmarks/bench_prepare.py --sizes 100 1000      # both sizes (~15 min on 2 cores)
+
+Throughput depends on the machine's load: compare rows of one run, not across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+METHODS: dict[str, tuple[str, int]] = {
+    "builder np=1": ("builder", 1),
+    "builder np=2": ("builder", 2),
+    "reference": ("reference", 1),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Workers (run in a fresh subprocess each)
+# --------------------------------------------------------------------------------------------
+
+
+def _work_builder(data_dir: str, out_dir: str, num_proc: int) -> int:
+    """Build the Arrow dataset with the project's builder; returns the number of patches."""
+    from pannuke_hf.data.builder import PanNuke
+
+    builder = PanNuke(data_dir=data_dir, cache_dir=out_dir)
+    builder.download_and_prepare(num_proc=num_proc if num_proc > 1 else None)
+    return sum(split.num_examples for split in builder.info.splits.values())
+
+
+def _work_reference(data_dir: str, out_dir: str) -> int:
+    """The reference approach: whole-fold np.load, one PNG per image and per label map."""
+    import numpy as np
+    from PIL import Image
+
+    from pannuke_hf.constants import FOLDS, NUM_RAW_CHANNELS, raw_relpaths
+
+    out = pathlib.Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    count = 0
+    for fold in FOLDS:
+        paths = raw_relpaths(fold)
+        images = np.load(pathlib.Path(data_dir) / paths["images"])  # whole fold in memory
+        masks = np.load(pathlib.Path(data_dir) / paths["masks"])
+        for index in range(len(images)):
+            name = f"fold{fold}_{index:04d}.png"
+            Image.fromarray(images[index].astype(np.uint8)).save(out / "images" / name)
+            label = np.zeros(masks.shape[1:3], dtype=np.uint8)
+            for channel in range(NUM_RAW_CHANNELS):
+                binary = masks[index, :, :, channel].astype(np.uint8) > 0
+                label[binary] = (channel + 1) % NUM_RAW_CHANNELS
+            Image.fromarray(label).save(out / "masks" / name)
+            count += 1
+        del images, masks
+    return count
+
+
+def _worker(args: argparse.Namespace) -> None:
+    start = time.perf_counter()
+    if args.worker == "builder":
+        patches = _work_builder(args.data_dir, args.out_dir, args.num_proc)
+    else:
+        patches = _work_reference(args.data_dir, args.out_dir)
+    seconds = time.perf_counter() - start
+    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(
+        json.dumps({"patches": patches, "seconds": seconds, "self_kb": self_kb, "children_kb": children_kb})
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Parent: process-tree memory sampling, runs, table
+# --------------------------------------------------------------------------------------------
+
+
+def _children_of() -> dict[int, list[int]]:
+    """Map pid -> child pids, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                # The command name may hold spaces: the parent pid follows the closing ')'.
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def _pss_bytes(pid: int) -> int:
+    """Proportional set size of a process: shared pages (libraries, forked memory) split fairly."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            for line in handle:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
+
+
+def _tree_pss(root: int) -> int:
+    """Sum of the PSS of ``root`` and all its descendants, in bytes.
+
+    PSS, not RSS: ``num_proc`` workers are forked and share the parent's pages; summing their RSS
+    would count those pages once per process.
+    """
+    children = _children_of()
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += _pss_bytes(pid)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+def _run(method: str, data_dir: pathlib.Path, work: pathlib.Path) -> dict:
+    """Run one method in a fresh subprocess; returns its timings and memory peaks."""
+    kind, num_proc = METHODS[method]
+    out_dir = work / f"out_{kind}_{num_proc}"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    command = [sys.executable, __file__, "--worker", kind, "--data-dir", str(data_dir)]
+    command += ["--out-dir", str(out_dir), "--num-proc", str(num_proc)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak_tree = 0
+    while process.poll() is None:
+        peak_tree = max(peak_tree, _tree_pss(process.pid))
+        time.sleep(0.05)
+    stdout, stderr = process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"{method} failed (exit {process.returncode}):\n{stderr[-3000:]}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result["peak_main_mb"] = result["self_kb"] / 1024
+    result["peak_workers_mb"] = result["children_kb"] / 1024
+    result["peak_tree_mb"] = peak_tree / 2**20
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return result
+
+
+def _table(rows: list[tuple[int, str, dict]]) -> str:
+    lines = [
+        "| patches/fold | method | patches | seconds | patches/s | vs reference "
+        "| peak RSS main (MB) | peak RSS worker (MB) | peak PSS all (MB) |",
+        "|--:|:--|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    reference = {size: r["patches"] / r["seconds"] for size, m, r in rows if m == "reference"}
+    for size, method, r in rows:
+        speed = r["patches"] / r["seconds"]
+        ratio = f"{speed / reference[size]:.2f}x" if size in reference else "-"
+        workers = f"{r['peak_workers_mb']:.0f}" if METHODS[method][1] > 1 else "-"
+        lines.append(
+            f"| {size} | {method} | {r['patches']} | {r['seconds']:.1f} | {speed:.1f} | {ratio} | "
+            f"{r['peak_main_mb']:.0f} | {workers} | {r['peak_tree_mb']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the table; returns the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100], help="patches per fold (default 100)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one, removed)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--worker", choices=["builder", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--out-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--num-proc", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        _worker(args)
+        return 0
+
+    from pannuke_hf.data.synthetic import make_synthetic_folds
+
+    work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="bench_prepare_"))
+    rows = []
+    try:
+        for size in args.sizes:
+            data_dir = work / f"raw_{size}"
+            shutil.rmtree(data_dir, ignore_errors=True)
+            start = time.perf_counter()
+            make_synthetic_folds(data_dir, size, seed=args.seed)
+            print(f"generated 3 x {size} patches in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+            for method in args.methods:
+                result = _run(method, data_dir, work)
+                print(f"{size} {method}: {result['seconds']:.1f} s", file=sys.stderr)
+                rows.append((size, method, result))
+            shutil.rmtree(data_dir, ignore_errors=True)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print(
+        f"Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; 3 folds of generated data each.\n"
+    )
+    print(_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

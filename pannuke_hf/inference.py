@@ -1,0 +1,407 @@
+"""Sliding-window prediction of label maps for images of any size.
+
+A segmentation model sees a fixed window: the patches it was trained on (PanNuke: 256x256
+pixels at 40x, which the image processor may resize, e.g. to 512x512). Larger images are cut
+into overlapping tiles of that size, every tile goes through the model, and the **raw logits**
+(not softmax probabilities, as in the reference's "slide" mode: crop size + stride) of
+overlapping tiles are averaged per pixel before the arg-max. Images smaller than a tile are
+padded by reflection to the tile size and the result is cropped back; model inputs whose sides
+are not multiples of the model's total stride are padded the same way.
+
+Geometry (all sizes in pixels of the input image):
+
+* ``tile_size`` (default ``constants.PATCH_SIZE`` = 256): the window of the image one model
+  input covers.
+* ``scale`` (default: the processor's ``size`` / ``PATCH_SIZE`` when it resizes, else 1): the
+  factor from image pixels to model-input pixels, so tiles reach the model at the magnification
+  it was trained at, whatever ``tile_size`` is.
+* ``overlap`` (default a third of the tile, like the reference's 256 / 170 crop / stride): the
+  tile stride is ``tile_size - overlap``; the last tile of a row/column is aligned with the image
+  edge, so every pixel is covered.
+
+Pre-processing follows the processor's standard attributes (``do_rescale``/``rescale_factor``,
+``do_normalize``/``image_mean``/``image_std``); resizing uses bilinear interpolation on the
+tile, and the logits are resized back bilinearly to the tile's pixels.
+
+Inputs may be PIL images of any mode or numpy arrays: grey, RGB, RGBA (composited over white),
+16-bit (scaled from 0-65535). See :func:`pannuke_hf.visualization.to_rgb_uint8`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .constants import PATCH_SIZE
+from .visualization import to_rgb_uint8
+
+__all__ = [
+    "TilingPlan",
+    "default_scale",
+    "plan_tiles",
+    "predict_image",
+    "predict_images",
+    "predict_keyed",
+    "predict_logits",
+    "tile_positions",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry
+# ---------------------------------------------------------------------------------------------
+
+
+def tile_positions(length: int, tile: int, stride: int) -> list[int]:
+    """Start offsets of the windows along one axis of ``length`` pixels.
+
+    Windows of ``tile`` pixels every ``stride`` pixels; the last one is moved back to end at the
+    edge so the whole axis is covered. An axis not longer than ``tile`` gets one window at 0.
+    """
+    if tile < 1 or stride < 1:
+        raise ValueError(f"tile ({tile}) and stride ({stride}) must be >= 1")
+    if length <= tile:
+        return [0]
+    count = math.ceil((length - tile) / stride) + 1
+    return sorted({min(i * stride, length - tile) for i in range(count)})
+
+
+@dataclass
+class TilingPlan:
+    """How one image is cut: padded size, tile size and the top-left corner of every tile.
+
+    Attributes:
+        height, width: size of the original image.
+        padded_height, padded_width: size after padding (at least one tile in each dimension).
+        tile: tile side in image pixels.
+        corners: ``(y, x)`` top-left corner of every tile in the padded image.
+    """
+
+    height: int
+    width: int
+    padded_height: int
+    padded_width: int
+    tile: int
+    corners: list[tuple[int, int]] = field(default_factory=list)
+
+
+def plan_tiles(height: int, width: int, tile: int, overlap: int, align: int = 1) -> TilingPlan:
+    """Plan the tiles of an ``height x width`` image.
+
+    Args:
+        height, width: image size in pixels.
+        tile: tile side in pixels.
+        overlap: pixels shared by neighbouring tiles, ``0 <= overlap < tile``.
+        align: the stride is rounded down to a multiple of this (when that leaves it >= 1), so
+            tiles fall on the model's pooling grid.
+
+    Returns:
+        the :class:`TilingPlan`.
+    """
+    if not 0 <= overlap < tile:
+        raise ValueError(f"overlap must be in [0, tile_size) = [0, {tile}), got {overlap}")
+    stride = tile - overlap
+    if align > 1 and stride >= align:
+        stride -= stride % align
+    ph, pw = max(height, tile), max(width, tile)
+    ys = tile_positions(ph, tile, stride)
+    xs = tile_positions(pw, tile, stride)
+    return TilingPlan(height, width, ph, pw, tile, [(y, x) for y in ys for x in xs])
+
+
+# ---------------------------------------------------------------------------------------------
+# Model and processor settings
+# ---------------------------------------------------------------------------------------------
+
+
+def _size_hw(size: Any) -> tuple[int, int] | None:
+    """(height, width) from a processor ``size`` (dict, int or pair), None if unknown."""
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return size, size
+    if isinstance(size, dict) or hasattr(size, "get"):
+        if size.get("height") and size.get("width"):
+            return int(size["height"]), int(size["width"])
+        if size.get("shortest_edge"):
+            return int(size["shortest_edge"]), int(size["shortest_edge"])
+        return None
+    if hasattr(size, "height") and hasattr(size, "width") and size.height and size.width:
+        return int(size.height), int(size.width)
+    if isinstance(size, list | tuple) and len(size) == 2:
+        return int(size[0]), int(size[1])
+    return None
+
+
+def default_scale(processor: Any) -> tuple[float, float]:
+    """Image-pixel -> model-pixel factor implied by a processor: its ``size`` / ``PATCH_SIZE``.
+
+    1.0 when the processor does not resize (or is None).
+    """
+    if processor is None or not getattr(processor, "do_resize", False):
+        return 1.0, 1.0
+    hw = _size_hw(getattr(processor, "size", None))
+    if hw is None:
+        return 1.0, 1.0
+    return hw[0] / PATCH_SIZE, hw[1] / PATCH_SIZE
+
+
+def _normalisation(
+    processor: Any, device: torch.device
+) -> tuple[float, torch.Tensor | None, torch.Tensor | None]:
+    """(rescale factor, mean (1,3,1,1), std (1,3,1,1)) from the processor's standard attributes."""
+    if processor is None:
+        return 1.0 / 255.0, None, None
+    factor = (
+        float(getattr(processor, "rescale_factor", 1 / 255))
+        if getattr(processor, "do_rescale", False)
+        else 1.0
+    )
+    if not getattr(processor, "do_normalize", False):
+        return factor, None, None
+    mean = torch.as_tensor(np.asarray(processor.image_mean, dtype=np.float32), device=device).view(
+        1, -1, 1, 1
+    )
+    std = torch.as_tensor(np.asarray(processor.image_std, dtype=np.float32), device=device).view(1, -1, 1, 1)
+    return factor, mean, std
+
+
+def _model_stride(model: torch.nn.Module) -> int:
+    """Total downsampling of the model (input sides must be multiples of it); 1 if unknown."""
+    config = getattr(model, "config", None)
+    return int(getattr(config, "output_stride", 1) or 1)
+
+
+def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    for p in model.parameters():
+        return p.device, p.dtype if p.dtype.is_floating_point else torch.float32
+    return torch.device("cpu"), torch.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# Prediction
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    """An image in flight: its tiles, the logit sum and the coverage count."""
+
+    key: Any
+    image: np.ndarray  # padded (PH, PW, 3) uint8
+    plan: TilingPlan
+    logits: torch.Tensor | None = None  # (C, PH, PW) float32
+    count: torch.Tensor | None = None  # (PH, PW) float32
+    pending: int = 0
+
+
+class _TileRunner:
+    """Runs batches of equal-sized tiles through the model and returns logits at tile resolution."""
+
+    def __init__(self, model: torch.nn.Module, processor: Any, scale: tuple[float, float]):
+        self.model = model
+        self.device, self.dtype = _model_device_dtype(model)
+        self.factor, self.mean, self.std = _normalisation(processor, self.device)
+        self.scale = scale
+        self.stride = _model_stride(model)
+
+    def __call__(self, tiles: np.ndarray) -> torch.Tensor:
+        """``tiles`` (B, T, T, 3) uint8 -> logits (B, C, T, T) float32 on CPU."""
+        x = torch.from_numpy(tiles).to(self.device).permute(0, 3, 1, 2).float()
+        t_h, t_w = x.shape[-2:]
+        in_h = max(1, round(t_h * self.scale[0]))
+        in_w = max(1, round(t_w * self.scale[1]))
+        if (in_h, in_w) != (t_h, t_w):
+            x = F.interpolate(x, size=(in_h, in_w), mode="bilinear", align_corners=False)
+        x = x * self.factor
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        # pad to the model's stride (reflection keeps tissue-like context at the border)
+        pad_h = (-in_h) % self.stride
+        pad_w = (-in_w) % self.stride
+        if pad_h or pad_w:
+            mode = "reflect" if pad_h < in_h and pad_w < in_w else "replicate"
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        out = self.model(x.to(self.dtype))  # first positional argument: pixel_values
+        logits = out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, tuple | list) else out)
+        if logits.ndim != 4 or logits.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"the model returned logits of shape {tuple(logits.shape)}, expected (B, C, H, W)"
+            )
+        if logits.shape[-2:] != x.shape[-2:]:
+            logits = F.interpolate(logits.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        logits = logits[..., :in_h, :in_w].float()
+        if (in_h, in_w) != (t_h, t_w):
+            logits = F.interpolate(logits, size=(t_h, t_w), mode="bilinear", align_corners=False)
+        return logits.cpu()
+
+
+def _pad_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Reflect-pad an (H, W, 3) image at the bottom/right to at least (height, width)."""
+    ph, pw = height - image.shape[0], width - image.shape[1]
+    if ph <= 0 and pw <= 0:
+        return image
+    # numpy's reflect handles pads wider than the image (it reflects repeatedly); a single row or
+    # column cannot be reflected, so it is repeated.
+    mode = "reflect" if image.shape[0] > 1 and image.shape[1] > 1 else "edge"
+    return np.pad(image, ((0, max(ph, 0)), (0, max(pw, 0)), (0, 0)), mode=mode)
+
+
+def _resolve(processor: Any, tile_size: int | None, overlap: int | None, scale: float | None):
+    tile = int(tile_size) if tile_size is not None else PATCH_SIZE
+    if tile < 1:
+        raise ValueError(f"tile_size must be >= 1, got {tile}")
+    ov = int(overlap) if overlap is not None else round(tile / 3)
+    sc = default_scale(processor) if scale is None else (float(scale), float(scale))
+    if sc[0] <= 0 or sc[1] <= 0:
+        raise ValueError(f"scale must be > 0, got {sc}")
+    return tile, ov, sc
+
+
+def predict_images(
+    model: torch.nn.Module,
+    processor: Any,
+    images: Iterable[Any],
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 8,
+    scale: float | None = None,
+    return_logits: bool = False,
+) -> Iterator[Any]:
+    """Predict many images, batching tiles across images; yields results in input order.
+
+    Args:
+        model: a segmentation model: ``model(pixel_values)`` with pixel_values ``(B, 3, h, w)`` returning an output with
+            ``.logits`` (B, C, h', w') (or the tensor itself). Put it in eval mode and on its
+            device before calling (this function does neither, so dropout/BN behave as you set).
+        processor: an image processor (``UNetFCNImageProcessor`` or any with the standard
+            ``do_rescale``/``do_normalize``/``image_mean``/``image_std``/``do_resize``/``size``
+            attributes) or None (values scaled to 0-1 only).
+        images: PIL images or numpy arrays (any size, grey/RGB/RGBA/16-bit).
+        tile_size: window side in image pixels (default ``PATCH_SIZE``).
+        overlap: pixels shared by neighbouring windows (default ``round(tile_size / 3)``).
+        batch_size: tiles per forward pass.
+        scale: image -> model pixel factor (default from the processor, see the module doc).
+        return_logits: yield the averaged logits ``(C, H, W)`` float32 instead of labels.
+
+    Yields:
+        per image, the label map ``(H, W)`` uint8 (arg-max of the averaged logits), or the logits.
+    """
+    for _, result in predict_keyed(
+        model,
+        processor,
+        enumerate(images),
+        tile_size=tile_size,
+        overlap=overlap,
+        batch_size=batch_size,
+        scale=scale,
+        return_logits=return_logits,
+    ):
+        yield result
+
+
+def predict_keyed(
+    model: torch.nn.Module,
+    processor: Any,
+    items: Iterable[tuple[Any, Any]],
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 8,
+    scale: float | None = None,
+    return_logits: bool = False,
+) -> Iterator[tuple[Any, Any]]:
+    """Same as :func:`predict_images` for ``(key, image)`` pairs; yields ``(key, result)`` in order.
+
+    The input iterable is consumed lazily (only the images of the current batch are held), so a
+    generator that loads files one by one keeps memory flat.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    tile, ov, sc = _resolve(processor, tile_size, overlap, scale)
+    runner = _TileRunner(model, processor, sc)
+    # stride of the windows rounded to the pooling grid in image pixels, when that is whole
+    align = runner.stride / sc[0]
+    align_px = int(align) if align == int(align) and sc[0] == sc[1] else 1
+
+    jobs: list[_Job] = []  # images whose tiles are not all predicted yet, in input order
+    queue: list[tuple[_Job, int, int]] = []  # tiles waiting for a batch
+
+    def run_batch(batch: list[tuple[_Job, int, int]]) -> None:
+        tiles = np.stack([job.image[y : y + tile, x : x + tile] for job, y, x in batch])
+        with torch.inference_mode():
+            logits = runner(tiles)
+        for (job, y, x), lg in zip(batch, logits):
+            if job.logits is None:
+                job.logits = torch.zeros((lg.shape[0], job.plan.padded_height, job.plan.padded_width))
+                job.count = torch.zeros((job.plan.padded_height, job.plan.padded_width))
+            job.logits[:, y : y + tile, x : x + tile] += lg
+            job.count[y : y + tile, x : x + tile] += 1
+            job.pending -= 1
+
+    def finished() -> Iterator[tuple[Any, Any]]:
+        while jobs and jobs[0].pending == 0:
+            job = jobs.pop(0)
+            avg = (job.logits / job.count)[:, : job.plan.height, : job.plan.width]
+            if return_logits:
+                yield job.key, avg.numpy()
+            else:
+                yield job.key, avg.argmax(0).to(torch.uint8).numpy()
+
+    for key, image in items:
+        rgb = to_rgb_uint8(image, name=str(key))
+        h, w = rgb.shape[:2]
+        plan = plan_tiles(h, w, tile, ov, align=align_px)
+        job = _Job(key, _pad_to(rgb, plan.padded_height, plan.padded_width), plan, pending=len(plan.corners))
+        jobs.append(job)
+        for y, x in plan.corners:
+            queue.append((job, y, x))
+            if len(queue) == batch_size:
+                run_batch(queue)
+                queue = []
+        yield from finished()
+    if queue:
+        run_batch(queue)
+    yield from finished()
+
+
+def predict_logits(
+    model: torch.nn.Module,
+    processor: Any,
+    image: Any,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 8,
+    scale: float | None = None,
+) -> np.ndarray:
+    """Averaged logits of one image: ``(C, H, W)`` float32 (see :func:`predict_images`)."""
+    return next(
+        predict_images(model, processor, [image], tile_size, overlap, batch_size, scale, return_logits=True)
+    )
+
+
+def predict_image(
+    model: torch.nn.Module,
+    processor: Any,
+    image: Any,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 8,
+    scale: float | None = None,
+) -> np.ndarray:
+    """Label map of one image of any size: ``(H, W)`` uint8 label values.
+
+    Args:
+        model, processor: see :func:`predict_images` (model in eval mode, on its device).
+        image: PIL image or numpy array ``(H, W[, C])``; grey, RGB, RGBA or 16-bit.
+        tile_size, overlap, batch_size, scale: tiling, see the module docstring.
+
+    Returns:
+        ``(H, W)`` uint8, the arg-max over classes of the logits averaged over overlapping tiles.
+    """
+    return next(predict_images(model, processor, [image], tile_size, overlap, batch_size, scale))

@@ -1,0 +1,224 @@
+"""Glue between :class:`~transformers.Trainer` and the streaming mean-IoU metric.
+
+Usage::
+
+    args = TrainingArguments(..., batch_eval_metrics=True)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        compute_metrics=make_compute_metrics(num_labels=6, ignore_index=255),
+        preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        ...,
+    )
+    metrics = trainer.evaluate()  # {"eval_mean_iou": ..., "eval_iou_neoplastic": ..., ...}
+
+With ``batch_eval_metrics=True`` Trainer calls ``compute_metrics(eval_pred, compute_result)`` once
+per batch; the callable counts the batch into a :class:`SegmentationConfusionMatrix` on the
+model's device and returns the flat metrics on the last batch. With
+``preprocess_logits_for_metrics`` Trainer keeps only (B, H, W) label maps, never the
+(B, C, H, W) logits, so evaluation memory does not grow with the evaluation set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..constants import ID2LABEL, IGNORE_INDEX
+from .mean_iou import SegmentationConfusionMatrix
+
+#: Value Trainer pads labels and predictions with when it gathers batches of different sizes
+#: across processes; never a real label, so it is treated as ignored.
+TRAINER_PAD_INDEX = -100
+
+
+def _first(output: Any) -> Any:
+    """Trainer passes a tuple when the model returns several tensors; the logits come first."""
+    while isinstance(output, (tuple, list)):
+        output = output[0]
+    return output
+
+
+def _as_tensor(x: Any) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+
+
+def logits_to_label_maps(logits: Any, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Class maps from segmentation logits.
+
+    Args:
+        logits: (B, C, h, w) scores (torch or numpy, any float dtype, any device).
+        size: (H, W) of the wanted maps; when it differs from (h, w) the logits are first resized
+            bilinearly (``align_corners=False``, in float32), as transformers' semantic
+            post-processing and the reference evaluation do.
+
+    Returns:
+        (B, H, W) argmax maps on the logits' device: uint8 when C <= 256 (8x smaller to gather and
+        faster to count), int64 otherwise.
+    """
+    logits = _as_tensor(logits)
+    if logits.dim() != 4:
+        raise ValueError(f"expected logits of shape (B, C, h, w), got {tuple(logits.shape)}")
+    if size is not None and tuple(logits.shape[-2:]) != tuple(size):
+        logits = F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=False)
+    maps = logits.argmax(dim=1)
+    return maps.to(torch.uint8) if logits.shape[1] <= 256 else maps
+
+
+def _label_size(labels: Any) -> tuple[int, int] | None:
+    if labels is None:
+        return None
+    shape = tuple(labels.shape) if hasattr(labels, "shape") else np.shape(labels)
+    return tuple(shape[-2:]) if len(shape) >= 2 else None
+
+
+def preprocess_logits_for_metrics(logits: Any, labels: Any) -> torch.Tensor:
+    """``Trainer(preprocess_logits_for_metrics=...)``: logits -> argmax maps at the labels' size.
+
+    Args:
+        logits: (B, C, h, w) model logits (or a tuple whose first item they are).
+        labels: (B, H, W) labels of the batch (only their size is used; ``None`` keeps (h, w)).
+
+    Returns:
+        (B, H, W) uint8 class maps (int64 beyond 256 classes), on the logits' device.
+    """
+    return logits_to_label_maps(_first(logits), _label_size(labels))
+
+
+def flatten_metrics(
+    metrics: Mapping[str, Any], id2label: Mapping[int, str] | None = None
+) -> dict[str, float]:
+    """Flat, loggable floats from a :meth:`SegmentationConfusionMatrix.compute` dict.
+
+    Args:
+        metrics: the metric dict (per-category arrays of shape (num_labels,)).
+        id2label: class id -> name used in the keys; default ``pannuke_hf.constants.ID2LABEL`` when
+            the class count matches PanNuke, else the ids themselves.
+
+    Returns:
+        ``mean_iou``, ``mean_dice``, ``overall_accuracy``, ``mean_accuracy``, then for every class
+        ``iou_<name>``, ``dice_<name>``, ``acc_<name>``; Python floats, fractions in [0, 1], NaN for
+        a class absent from both predictions and references.
+    """
+    num_labels = len(metrics["per_category_iou"])
+    names = _class_names(num_labels, id2label)
+    flat = {
+        key: float(metrics[key]) for key in ("mean_iou", "mean_dice", "overall_accuracy", "mean_accuracy")
+    }
+    for prefix, key in (
+        ("iou", "per_category_iou"),
+        ("dice", "per_category_dice"),
+        ("acc", "per_category_accuracy"),
+    ):
+        for name, value in zip(names, metrics[key]):
+            flat[f"{prefix}_{name}"] = float(value)
+    return flat
+
+
+def _class_names(num_labels: int, id2label: Mapping[int, str] | None) -> list[str]:
+    if id2label is None:
+        id2label = ID2LABEL if num_labels == len(ID2LABEL) else {i: str(i) for i in range(num_labels)}
+    id2label = {int(k): str(v) for k, v in id2label.items()}
+    missing = [i for i in range(num_labels) if i not in id2label]
+    if missing:
+        raise ValueError(f"id2label has no name for class ids {missing} (num_labels={num_labels})")
+    return [id2label[i] for i in range(num_labels)]
+
+
+class SegmentationMetrics:
+    """Callable ``compute_metrics`` for ``Trainer`` (see :func:`make_compute_metrics`).
+
+    Attributes:
+        accumulator: the :class:`SegmentationConfusionMatrix` being filled.
+    """
+
+    def __init__(
+        self,
+        num_labels: int,
+        ignore_index: int | None = IGNORE_INDEX,
+        id2label: Mapping[int, str] | None = None,
+    ) -> None:
+        self.num_labels = num_labels
+        self.ignore_index = ignore_index
+        self.names = _class_names(num_labels, id2label)
+        self.accumulator = SegmentationConfusionMatrix(num_labels, ignore_index)
+
+    def update(self, predictions: Any, labels: Any) -> None:
+        """Count one batch.
+
+        Args:
+            predictions: (B, C, h, w) logits (resized to the labels' size, then argmax) or
+                (B, H, W) class maps; a tuple's first item is used.
+            labels: (B, H, W) reference ids ((B, 1, H, W) accepted); Trainer's padding value
+                -100 counts as ignored.
+        """
+        predictions = _as_tensor(_first(predictions))
+        labels = _as_tensor(labels)
+        if labels.dim() == 4 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if predictions.dim() == 4:
+            predictions = logits_to_label_maps(predictions, tuple(labels.shape[-2:]))
+        if self.ignore_index is not None and not labels.dtype.is_floating_point and labels.dtype.is_signed:
+            labels = labels.masked_fill(labels == TRAINER_PAD_INDEX, self.ignore_index)
+        self.accumulator.update(predictions, labels)
+
+    def compute(self) -> dict[str, float]:
+        """Flat metrics of everything counted so far (see :func:`flatten_metrics`)."""
+        return flatten_metrics(self.accumulator.compute(), dict(enumerate(self.names)))
+
+    def reset(self) -> None:
+        """Start a new evaluation."""
+        self.accumulator.reset()
+
+    def __call__(self, eval_pred: Any, compute_result: bool = True) -> dict[str, float]:
+        """Trainer's ``compute_metrics(eval_pred, compute_result)``.
+
+        Args:
+            eval_pred: a ``transformers.EvalPrediction`` (or a ``(predictions, label_ids)`` pair)
+                holding one batch (``batch_eval_metrics=True``) or the whole set (default mode).
+            compute_result: ``True`` on the last batch: return the metrics and reset the state.
+
+        Returns:
+            ``{}`` for intermediate batches; the flat metric dict after the last one.
+        """
+        if isinstance(eval_pred, (tuple, list)):
+            predictions, labels = eval_pred[0], eval_pred[1]
+        else:
+            predictions, labels = eval_pred.predictions, eval_pred.label_ids
+        self.update(predictions, labels)
+        if not compute_result:
+            return {}
+        try:
+            return self.compute()
+        finally:
+            self.reset()
+
+
+def make_compute_metrics(
+    num_labels: int, ignore_index: int | None = IGNORE_INDEX, id2label: Mapping[int, str] | None = None
+) -> SegmentationMetrics:
+    """Build the ``compute_metrics`` callable for ``Trainer(args=TrainingArguments(batch_eval_metrics=True))``.
+
+    Args:
+        num_labels: number of classes.
+        ignore_index: label value left out (255 in PanNuke); Trainer's pad value -100 is also left out.
+        id2label: class id -> name for the per-class keys (default: PanNuke's short names).
+
+    Returns:
+        A callable ``compute_metrics(eval_pred, compute_result=True) -> dict[str, float]``. It
+        accepts logits (B, C, h, w) at any size (bilinearly resized to the labels' size before the
+        argmax) or argmax maps (pair it with :func:`preprocess_logits_for_metrics` so Trainer never
+        keeps logits), accumulates on the model's device, and after the last batch returns
+        ``mean_iou``, ``mean_dice``, ``overall_accuracy``, ``mean_accuracy``, ``iou_<name>``,
+        ``dice_<name>``, ``acc_<name>`` (fractions in [0, 1]) and resets itself for the next
+        evaluation. It also works without ``batch_eval_metrics`` (one call on the whole set).
+
+    Under DDP, Trainer gathers each batch from every process (dropping the samples duplicated to
+    even out the last batch) before calling it, so every process counts the full evaluation set
+    exactly once and returns the same numbers.
+    """
+    return SegmentationMetrics(num_labels, ignore_index, id2label)

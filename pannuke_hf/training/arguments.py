@@ -1,0 +1,230 @@
+"""Arguments of ``train.py``: three dataclasses parsed by ``HfArgumentParser``.
+
+A run is configured by an optional YAML or JSON file (first positional argument) and command-line
+flags; flags override the file. Every key of the file must be a field of one of the dataclasses:
+an unknown key is an error that names the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import HfArgumentParser, TrainingArguments
+
+from ..constants import REFERENCE_INPUT_SIZE
+from .schedule import REFERENCE_MIN_LR, REFERENCE_MOMENTUM, REFERENCE_POLY_POWER
+
+#: Split schemes understood by ``pannuke_hf.data.splits.make_splits``.
+SPLIT_SCHEMES: tuple[str, ...] = ("reference", "fold1", "fold2", "fold3")
+CONFIG_SUFFIXES: tuple[str, ...] = (".yaml", ".yml", ".json")
+
+
+@dataclass
+class DataArguments:
+    """Where the data comes from, how it is split, and how it is transformed."""
+
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder holding the raw PanNuke folds (`Fold k/` folders or `fold_k.zip` files)."},
+    )
+    dataset_cache_dir: str | None = field(
+        default=None, metadata={"help": "Cache folder of the Arrow dataset (default: the datasets cache)."}
+    )
+    split_scheme: str = field(
+        default="reference",
+        metadata={
+            "help": "How to split the folds: `reference` (80/20 split of all patches, as the reference "
+            "project) or `fold1`/`fold2`/`fold3` (official protocol rows: train, validation, test folds).",
+            "choices": list(SPLIT_SCHEMES),
+        },
+    )
+    eval_split: str = field(
+        default="validation",
+        metadata={"help": "Split scored during and after training (`validation` or `test`)."},
+    )
+    image_size: int = field(
+        default=REFERENCE_INPUT_SIZE,
+        metadata={"help": "Side of the square model input (patches are resized)."},
+    )
+    augment: bool = field(
+        default=True, metadata={"help": "Random flip + photometric distortion on the training split."}
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N training examples (debugging, demos)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N evaluation examples (debugging, demos)."}
+    )
+    build_num_proc: int | None = field(
+        default=None, metadata={"help": "Processes used to build the Arrow dataset from the raw folds."}
+    )
+    synthetic_data: bool = field(
+        default=False,
+        metadata={
+            "help": "Generate PanNuke-format data (the demo) into `data_dir` (default "
+            "~/.cache/pannuke_hf/demo/raw) unless it is already there."
+        },
+    )
+    synthetic_patches_per_fold: int = field(
+        default=48, metadata={"help": "Patches per generated fold (with --synthetic_data)."}
+    )
+    synthetic_seed: int = field(default=0, metadata={"help": "Seed of the generated data."})
+
+    def __post_init__(self) -> None:
+        if self.split_scheme not in SPLIT_SCHEMES:
+            raise ValueError(f"split_scheme must be one of {SPLIT_SCHEMES}, got {self.split_scheme!r}")
+        if self.image_size <= 0:
+            raise ValueError(f"image_size must be positive, got {self.image_size}")
+
+
+@dataclass
+class ModelArguments:
+    """Which model to train: a checkpoint to start from, or a fresh UNet-FCN of a given size."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Checkpoint (folder or Hub id) to start from; default: a freshly initialised UNet-FCN."
+        },
+    )
+    base_channels: int = field(
+        default=64, metadata={"help": "Channels of the first UNet stage (the reference: 64)."}
+    )
+    num_stages: int = field(
+        default=5, metadata={"help": "UNet stages (the reference: 5, overall stride 16)."}
+    )
+    ignore_mismatched_sizes: bool = field(
+        default=False, metadata={"help": "Allow a checkpoint head with another number of labels."}
+    )
+
+
+@dataclass
+class PanNukeTrainingArguments(TrainingArguments):
+    """``transformers.TrainingArguments`` plus the reference optimizer, schedule and DDP options.
+
+    Defaults that differ from ``TrainingArguments``: ``remove_unused_columns=False`` (the lazy
+    transforms need the image columns), ``batch_eval_metrics=True`` (memory-flat evaluation),
+    ``lr_schedule="poly"`` (the reference schedule) and SGD with momentum 0.9.
+    """
+
+    optimizer: str = field(
+        default="sgd",
+        metadata={
+            "help": "`sgd` (the reference: SGD with --momentum and --weight_decay on every parameter) or "
+            "`hf` (the optimizer chosen by --optim).",
+            "choices": ["sgd", "hf"],
+        },
+    )
+    momentum: float = field(default=REFERENCE_MOMENTUM, metadata={"help": "SGD momentum."})
+    lr_schedule: str = field(
+        default="poly",
+        metadata={
+            "help": "`poly` (the reference: (lr0 - min_lr) * (1 - t/T)^power + min_lr) or `hf` (the "
+            "schedule chosen by --lr_scheduler_type).",
+            "choices": ["poly", "hf"],
+        },
+    )
+    min_lr: float = field(default=REFERENCE_MIN_LR, metadata={"help": "Floor of the poly schedule."})
+    poly_power: float = field(default=REFERENCE_POLY_POWER, metadata={"help": "Power of the poly schedule."})
+    sync_bn: bool = field(
+        default=False,
+        metadata={"help": "Convert BatchNorm to SyncBatchNorm when more than one process runs."},
+    )
+    torch_num_threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "Intra-op CPU threads of torch (default: torch's choice). On a small or busy CPU, 1 thread "
+            "plus a DataLoader worker is often much faster than several threads competing."
+        },
+    )
+    prediction_figure_samples: int = field(
+        default=0, metadata={"help": "After evaluation, save a PNG of N predictions beside ground truth."}
+    )
+    do_train: bool = field(
+        default=True, metadata={"help": "Train (set false to only evaluate a checkpoint)."}
+    )
+    do_eval: bool = field(default=True, metadata={"help": "Evaluate on --eval_split after training."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Must stay False: the lazy transforms read the image columns."}
+    )
+    batch_eval_metrics: bool = field(
+        default=True, metadata={"help": "Accumulate metrics batch by batch (memory-flat evaluation)."}
+    )
+
+
+ALL_ARGUMENT_CLASSES = (DataArguments, ModelArguments, PanNukeTrainingArguments)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON configuration file into a flat dict of argument values.
+
+    Args:
+        path: a ``.yaml``/``.yml``/``.json`` file.
+
+    Returns:
+        The mapping of argument name -> value.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not a mapping, or holds keys that are no argument.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"configuration file not found: {path}")
+    text = path.read_text()
+    if path.suffix == ".json":
+        values = json.loads(text)
+    else:
+        import yaml
+
+        values = yaml.safe_load(text)
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a configuration file must hold a mapping of argument names to values")
+    valid = {f.name for cls in ALL_ARGUMENT_CLASSES for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown configuration key(s) {unknown}; every key must be an argument of train.py "
+            "(see `python train.py --help`)"
+        )
+    return values
+
+
+def parse_arguments(
+    argv: list[str] | None = None,
+) -> tuple[DataArguments, ModelArguments, PanNukeTrainingArguments]:
+    """Parse ``[config.yaml|json] [--flags]`` into the three argument dataclasses.
+
+    The file's values become the parser's defaults, so a flag given on the command line
+    overrides the file. Values are type-checked by the same parser in both cases.
+
+    Args:
+        argv: the arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        ``(data_args, model_args, training_args)``.
+
+    Raises:
+        ValueError: an unknown key in the file, or an unknown flag.
+    """
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(ALL_ARGUMENT_CLASSES)
+    if argv and not argv[0].startswith("-") and argv[0].endswith(CONFIG_SUFFIXES):
+        parser.set_defaults(**load_config_file(argv[0]))
+        argv = argv[1:]
+    elif argv and not argv[0].startswith("-"):
+        raise ValueError(
+            f"the first argument must be a configuration file ({'/'.join(CONFIG_SUFFIXES)}), got {argv[0]!r}"
+        )
+    data_args, model_args, training_args = parser.parse_args_into_dataclasses(
+        args=argv, look_for_args_file=False
+    )
+    return data_args, model_args, training_args

@@ -1,0 +1,92 @@
+"""``PanNukeTrainer``: ``transformers.Trainer`` with the reference optimizer, schedule and model card."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+from .schedule import PolyLRScheduler, build_sgd
+
+logger = logging.getLogger(__name__)
+
+
+class PanNukeTrainer(Trainer):
+    """``Trainer`` whose optimizer and LR schedule are the reference's.
+
+    Built in :meth:`create_optimizer` / :meth:`create_scheduler` (not passed as
+    ``optimizers=(...)``) so that ``Trainer`` restores their state from ``optimizer.pt`` /
+    ``scheduler.pt`` when a run resumes from a checkpoint.
+
+    Extra keyword arguments:
+        model_card_info: what :meth:`create_model_card` writes into ``README.md`` (see
+            :func:`pannuke_hf.training.model_card.write_model_card`); set or updated by the
+            training script once evaluation results exist.
+    """
+
+    def __init__(self, *args: Any, model_card_info: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.model_card_info: dict[str, Any] = dict(model_card_info or {})
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        """SGD with momentum and weight decay on every parameter (``--optimizer sgd``, the default)."""
+        if getattr(self.args, "optimizer", "sgd") != "sgd":
+            return super().create_optimizer(model)
+        if self.optimizer is None:
+            opt_model = self.model if model is None else model
+            self.optimizer = build_sgd(
+                opt_model.parameters(),
+                lr=self.args.learning_rate,
+                momentum=self.args.momentum,
+                weight_decay=self.args.weight_decay,
+            )
+        return self.optimizer
+
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        """The reference poly schedule over ``num_training_steps`` (``--lr_schedule poly``, the default)."""
+        if getattr(self.args, "lr_schedule", "poly") != "poly":
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            self.lr_scheduler = PolyLRScheduler(
+                self.optimizer if optimizer is None else optimizer,
+                total_steps=num_training_steps,
+                min_lr=self.args.min_lr,
+                power=self.args.poly_power,
+            )
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """Write the PanNuke model card (``README.md``) into ``output_dir`` (main process only)."""
+        if not self.is_world_process_zero():
+            return
+        from .model_card import write_model_card
+
+        write_model_card(Path(self.args.output_dir), self.args, **self.model_card_info)
+
+
+def convert_to_sync_batchnorm(model: torch.nn.Module, world_size: int) -> torch.nn.Module:
+    """Replace every BatchNorm by SyncBatchNorm when ``world_size > 1`` (``--sync_bn``).
+
+    Batch statistics are then computed over the global batch, as the reference's multi-GPU
+    ``SyncBN`` configs do. With one process the model is returned unchanged.
+
+    Args:
+        model: the model.
+        world_size: number of training processes.
+
+    Returns:
+        The (possibly converted) model; state-dict keys are unchanged.
+    """
+    if world_size <= 1:
+        return model
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    count = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules())
+    logger.info("sync_bn: %d BatchNorm layers synchronised across %d processes", count, world_size)
+    return converted

@@ -1,0 +1,118 @@
+"""A run killed with SIGKILL after a checkpoint resumes and ends like an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from pannuke_hf.training.run import resolve_resume, run
+from pannuke_hf.training.schedule import poly_lr
+
+MAX_STEPS = 6
+LR = 0.02
+
+
+def argv(data_dir, out_dir, *extra: str) -> list[str]:
+    return [
+        "--data_dir", str(data_dir), "--output_dir", str(out_dir),
+        "--image_size", "32", "--base_channels", "4", "--num_stages", "2", "--augment", "false",
+        "--max_steps", str(MAX_STEPS), "--per_device_train_batch_size", "2", "--learning_rate", str(LR),
+        "--logging_steps", "1", "--eval_strategy", "no", "--do_eval", "false",
+        "--save_strategy", "steps", "--save_steps", "2",
+        "--use_cpu", "true", "--report_to", "none", "--seed", "0", "--torch_num_threads", "1",
+        "--disable_tqdm", "true",
+        *extra,
+    ]  # fmt: skip
+
+
+# Runs train.py's code in a child process that stops (sleeps) right after checkpoint-4 is
+# written, so the test can SIGKILL it at a known point.
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from transformers import TrainerCallback
+    from pannuke_hf.training.run import run
+
+    class StopAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 4:
+                print("SAVED", state.global_step, flush=True)
+                time.sleep(600)
+
+    run(sys.argv[1:], callbacks=[StopAfterSave()])
+    """
+)
+
+
+def _history(out_dir: Path) -> list[dict]:
+    return json.loads((out_dir / "trainer_state.json").read_text())["log_history"]
+
+
+def _losses(history: list[dict]) -> dict[int, float]:
+    return {h["step"]: h["loss"] for h in history if "loss" in h}
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(raw_root, tmp_path):
+    killed = tmp_path / "killed"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    child = subprocess.Popen(
+        [sys.executable, str(script), *argv(raw_root, killed)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 300
+    lines = []
+    try:
+        for line in child.stdout:
+            lines.append(line)
+            if line.startswith("SAVED"):
+                break
+            assert time.monotonic() < deadline, "child did not reach checkpoint-4"
+        else:
+            pytest.fail("child exited before checkpoint-4:\n" + "".join(lines[-30:]))
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    assert (killed / "checkpoint-4").is_dir()
+    assert not (killed / "model.safetensors").exists()  # the run really stopped early
+
+    # Resume from the last checkpoint ("latest"), to the same final step.
+    assert resolve_resume("latest", str(killed)).endswith("checkpoint-4")
+    run(argv(raw_root, killed, "--resume_from_checkpoint", "latest"))
+    resumed = _history(killed)
+    assert json.loads((killed / "trainer_state.json").read_text())["global_step"] == MAX_STEPS
+
+    # Same schedule: one LR per step 1..6, the reference formula (LR used by step s is lr(s - 1)).
+    lrs = {h["step"]: h["learning_rate"] for h in resumed if "learning_rate" in h}
+    assert sorted(lrs) == list(range(1, MAX_STEPS + 1))
+    for step, lr in lrs.items():
+        assert lr == pytest.approx(poly_lr(step - 1, LR, MAX_STEPS), rel=1e-9)
+
+    # Same trajectory as a run that was never interrupted (model, optimizer, data order restored).
+    straight = tmp_path / "straight"
+    run(argv(raw_root, straight))
+    expected = _losses(_history(straight))
+    got = _losses(resumed)
+    assert sorted(got) == sorted(expected) == list(range(1, MAX_STEPS + 1))
+    for step in range(5, MAX_STEPS + 1):
+        assert got[step] == pytest.approx(expected[step], rel=1e-4), step
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        resolve_resume("latest", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_resume(str(tmp_path / "checkpoint-9"), str(tmp_path))
