@@ -12,7 +12,7 @@ subprocess:
 Printed as a Markdown table: patches/s and peak memory, three ways: ``RSS main`` =
 ``ru_maxrss`` of the measured process itself; ``RSS worker`` = the largest ``num_proc`` worker
 (``ru_maxrss`` of its children); ``PSS all`` = the largest sum of proportional set sizes over the
-process and all its descendants, sampled every 50 ms from /proc (shared pages counted once).
+process and all its descendants, sampled every 0.2 s from /proc (shared pages counted once).
 
 Usage::
 
@@ -103,20 +103,19 @@ def _worker(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _children_of() -> dict[int, list[int]]:
-    """Map pid -> child pids, read from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+def _descendants(root: int) -> list[int]:
+    """``root`` and all its descendant pids, from /proc/PID/task/TID/children."""
+    found, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        found.append(pid)
         try:
-            with open(f"/proc/{entry}/stat") as handle:
-                # The command name may hold spaces: the parent pid follows the closing ')'.
-                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as handle:
+                    stack.extend(int(child) for child in handle.read().split())
+        except OSError:  # the process ended meanwhile
             continue
-        children.setdefault(ppid, []).append(int(entry))
-    return children
+    return found
 
 
 def _pss_bytes(pid: int) -> int:
@@ -137,13 +136,7 @@ def _tree_pss(root: int) -> int:
     PSS, not RSS: ``num_proc`` workers are forked and share the parent's pages; summing their RSS
     would count those pages once per process.
     """
-    children = _children_of()
-    total, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
-        total += _pss_bytes(pid)
-        stack.extend(children.get(pid, []))
-    return total
+    return sum(_pss_bytes(pid) for pid in _descendants(root))
 
 
 def _run(method: str, data_dir: pathlib.Path, work: pathlib.Path) -> dict:
@@ -153,20 +146,39 @@ def _run(method: str, data_dir: pathlib.Path, work: pathlib.Path) -> dict:
     shutil.rmtree(out_dir, ignore_errors=True)
     command = [sys.executable, __file__, "--worker", kind, "--data-dir", str(data_dir)]
     command += ["--out-dir", str(out_dir), "--num-proc", str(num_proc)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak_tree = 0
-    while process.poll() is None:
-        peak_tree = max(peak_tree, _tree_pss(process.pid))
-        time.sleep(0.05)
-    stdout, stderr = process.communicate()
+    log = work / f"log_{kind}_{num_proc}.txt"
+    # Output goes to files, not pipes: progress bars would fill a pipe nobody reads until the
+    # end and block the worker.
+    with open(log, "w") as stderr, open(log.with_suffix(".json"), "w") as stdout:
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr)
+        peak_tree = 0
+        while process.poll() is None:
+            peak_tree = max(peak_tree, _tree_pss(process.pid))
+            time.sleep(0.2)
     if process.returncode != 0:
-        raise RuntimeError(f"{method} failed (exit {process.returncode}):\n{stderr[-3000:]}")
-    result = json.loads(stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{method} failed (exit {process.returncode}):\n{log.read_text()[-3000:]}")
+    result = json.loads(log.with_suffix(".json").read_text().strip().splitlines()[-1])
     result["peak_main_mb"] = result["self_kb"] / 1024
     result["peak_workers_mb"] = result["children_kb"] / 1024
     result["peak_tree_mb"] = peak_tree / 2**20
     shutil.rmtree(out_dir, ignore_errors=True)
     return result
+
+
+def _has_folds(data_dir: pathlib.Path, size: int) -> bool:
+    """Whether ``data_dir`` already holds three complete generated folds of ``size`` patches."""
+    import numpy as np
+
+    from pannuke_hf.constants import FOLDS, raw_relpaths
+
+    try:
+        return all(
+            np.load(data_dir / rel, mmap_mode="r").shape[0] == size
+            for fold in FOLDS
+            for rel in raw_relpaths(fold).values()
+        )
+    except (OSError, ValueError):
+        return False
 
 
 def _table(rows: list[tuple[int, str, dict]]) -> str:
@@ -194,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one, removed)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--reuse-data", action="store_true", help="keep and reuse generated folds found in --workdir"
+    )
     parser.add_argument("--worker", choices=["builder", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)
     parser.add_argument("--out-dir", help=argparse.SUPPRESS)
@@ -210,15 +225,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for size in args.sizes:
             data_dir = work / f"raw_{size}"
-            shutil.rmtree(data_dir, ignore_errors=True)
-            start = time.perf_counter()
-            make_synthetic_folds(data_dir, size, seed=args.seed)
-            print(f"generated 3 x {size} patches in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+            if not (args.reuse_data and _has_folds(data_dir, size)):
+                shutil.rmtree(data_dir, ignore_errors=True)
+                start = time.perf_counter()
+                make_synthetic_folds(data_dir, size, seed=args.seed)
+                print(f"generated 3 x {size} patches in {time.perf_counter() - start:.1f} s", file=sys.stderr)
             for method in args.methods:
                 result = _run(method, data_dir, work)
-                print(f"{size} {method}: {result['seconds']:.1f} s", file=sys.stderr)
                 rows.append((size, method, result))
-            shutil.rmtree(data_dir, ignore_errors=True)
+                print(_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)  # partial results
+            if not args.reuse_data:
+                shutil.rmtree(data_dir, ignore_errors=True)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -20,8 +20,9 @@ Geometry (all sizes in pixels of the input image):
   edge, so every pixel is covered.
 
 Pre-processing follows the processor's standard attributes (``do_rescale``/``rescale_factor``,
-``do_normalize``/``image_mean``/``image_std``); resizing uses bilinear interpolation on the
-tile, and the logits are resized back bilinearly to the tile's pixels.
+``do_normalize``/``image_mean``/``image_std``); tiles are resized bilinearly (antialiased when
+shrinking, like the processor's PIL resize), and the logits are resized back bilinearly to the
+tile's pixels.
 
 Inputs may be PIL images of any mode or numpy arrays: grey, RGB, RGBA (composited over white),
 16-bit (scaled from 0-65535). See :func:`pannuke_hf.visualization.to_rgb_uint8`.
@@ -218,7 +219,8 @@ class _TileRunner:
         in_h = max(1, round(t_h * self.scale[0]))
         in_w = max(1, round(t_w * self.scale[1]))
         if (in_h, in_w) != (t_h, t_w):
-            x = F.interpolate(x, size=(in_h, in_w), mode="bilinear", align_corners=False)
+            # antialias when shrinking, as the processor's PIL resize does (no effect when enlarging)
+            x = F.interpolate(x, size=(in_h, in_w), mode="bilinear", align_corners=False, antialias=True)
         x = x * self.factor
         if self.mean is not None:
             x = (x - self.mean) / self.std

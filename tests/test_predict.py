@@ -392,8 +392,12 @@ def test_predict_command_all_good_and_missing_inputs(checkpoint, input_tree, tmp
     assert "nope.png: no such file or folder" in capsys.readouterr().err
 
 
-def test_predict_command_bad_model_path(input_tree, tmp_path, capsys):
+def test_predict_command_bad_model_path_and_options(input_tree, tmp_path, capsys):
     from pannuke_hf.commands.predict import main
+
+    image = str(input_tree / "tiny.png")
+    assert main(["--model", "x", image, "--out", str(tmp_path), "--tile-size", "64", "--overlap", "64"]) == 2
+    assert "--overlap" in capsys.readouterr().err
 
     rc = main(
         ["--model", str(tmp_path / "no_model"), str(input_tree / "tiny.png"), "--out", str(tmp_path / "o")]
@@ -401,3 +405,21 @@ def test_predict_command_bad_model_path(input_tree, tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "cannot load the model" in err and "no_model" in err
+
+
+@pytest.mark.parametrize("input_size", [128, 512])
+def test_one_patch_matches_the_processor_and_model(input_size):
+    """A 256-pixel patch (one tile) gives what the image processor + model give (shrinking is
+    antialiased like the processor's PIL resize, enlarging is plain bilinear)."""
+    from pannuke_hf.models.unet_fcn import UNetFCNImageProcessor
+
+    model = tiny_unet_fcn(seed=3)
+    processor = UNetFCNImageProcessor(size={"height": input_size, "width": input_size})
+    image = random_tissue(constants.PATCH_SIZE, constants.PATCH_SIZE, seed=8)
+    ours = predict_logits(model, processor, image)
+    with torch.no_grad():
+        reference = model(**processor(image, return_tensors="pt")).logits
+    reference = F.interpolate(reference, size=image.shape[:2], mode="bilinear", align_corners=False)[
+        0
+    ].numpy()
+    np.testing.assert_allclose(ours, reference, atol=1e-4 * np.abs(reference).max())

@@ -365,6 +365,10 @@ def _corrupt(images, masks, kind):
         images[1, 0, 0, 2] = 256.0
     elif kind == "image_negative":
         images[1, 0, 0, 2] = -1.0
+    elif kind == "image_inf":
+        images[1, 5, 5, 1] = np.inf
+    elif kind == "mask_inf":
+        masks[1, 3, 3, 4] = np.inf
     elif kind == "mask_nan":
         masks[1, 3, 3, 2] = np.nan
     elif kind == "id_negative":
@@ -383,6 +387,8 @@ def _corrupt(images, masks, kind):
         ("image_nan", r"images\.npy': patch 1: image holds NaN"),
         ("image_high", r"images\.npy': patch 1: image values must lie in 0-255"),
         ("image_negative", r"images\.npy': patch 1: image values must lie in 0-255"),
+        ("image_inf", r"images\.npy': patch 1: image holds NaN or infinite"),
+        ("mask_inf", r"masks\.npy': patch 1: mask channel 4 holds infinite values"),
         ("mask_nan", r"masks\.npy': patch 1: mask channel 2 holds NaN"),
         ("id_negative", r"masks\.npy': patch 1: mask channel 1 holds negative"),
         ("id_fraction", r"masks\.npy': patch 1: mask channel 0 holds fractional"),

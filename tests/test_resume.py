@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from transformers import TrainerCallback
 
 from pannuke_hf.training.run import resolve_resume, run
 from pannuke_hf.training.schedule import poly_lr
@@ -60,6 +61,29 @@ def _losses(history: list[dict]) -> dict[int, float]:
     return {h["step"]: h["loss"] for h in history if "loss" in h}
 
 
+class CrashAfterSave(TrainerCallback):
+    """Raise right after checkpoint-4 is written: an in-process stand-in for a crash."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == 4:
+            raise RuntimeError("simulated crash")
+
+
+def test_crash_then_resume_ends_at_the_same_step_and_schedule(raw_root, tmp_path):
+    out = tmp_path / "crashed"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(argv(raw_root, out), callbacks=[CrashAfterSave()])
+    assert not (out / "model.safetensors").exists()
+    run(argv(raw_root, out, "--resume_from_checkpoint", "true"))
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == MAX_STEPS
+    lrs = {h["step"]: h["learning_rate"] for h in state["log_history"] if "learning_rate" in h}
+    assert sorted(lrs) == list(range(1, MAX_STEPS + 1))  # steps 1-4 kept, 5-6 trained once
+    for step, lr in lrs.items():
+        assert lr == pytest.approx(poly_lr(step - 1, LR, MAX_STEPS), rel=1e-9)
+
+
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(raw_root, tmp_path):
     killed = tmp_path / "killed"
     script = tmp_path / "child.py"

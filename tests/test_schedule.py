@@ -27,6 +27,7 @@ def test_three_reference_configs_exist():
     assert lrs == [0.0001, 0.001, 0.01]
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()` before `optimizer.step()`")
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_config_builds_reference_optimizer_and_schedule(config, tmp_path):
     # The flag overrides the file (no eval dataset in this unit test).
@@ -54,8 +55,7 @@ def test_config_builds_reference_optimizer_and_schedule(config, tmp_path):
     for step in range(20001):
         if step in (0, 1, 1000, 19999, 20000):
             seen[step] = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
+        scheduler.step()  # (no optimizer.step(): only the LR matters here; keeps the test fast)
     for step, lr in seen.items():
         assert math.isclose(lr, reference_lr(step, lr0), rel_tol=1e-12), (step, lr)
     assert math.isclose(seen[20000], 1e-4, rel_tol=1e-12)

@@ -106,7 +106,9 @@ def test_wrong_label_count_checkpoint_is_a_clear_error(raw_root, tmp_path, capsy
                            strides=[1, 1], downsamples=[True], encoder_dilations=[1, 1], decoder_dilations=[1],
                            num_labels=3)  # fmt: skip
     UNetFCNForSemanticSegmentation(config).save_pretrained(tmp_path / "three_labels")
-    status = main(tiny_argv(raw_root, tmp_path / "out", "--model_name_or_path", str(tmp_path / "three_labels")))
+    status = main(
+        tiny_argv(raw_root, tmp_path / "out", "--model_name_or_path", str(tmp_path / "three_labels"))
+    )
     assert status == 2
     err = capsys.readouterr().err
     assert "3 labels" in err and "PanNuke has 6" in err

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from pannuke_hf.training.arguments import parse_arguments
 from pannuke_hf.training.run import main
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_yaml_values_and_flag_override(tmp_path):
@@ -60,12 +55,3 @@ def test_missing_data_dir_is_a_clear_error(tmp_path, capsys):
 def test_no_data_at_all_is_a_clear_error(tmp_path, capsys):
     assert main(["--output_dir", str(tmp_path / "out"), "--use_cpu", "true"]) == 2
     assert "--data_dir" in capsys.readouterr().err
-
-
-def test_train_py_help_runs_as_a_script():
-    out = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), "--help"], capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0
-    for flag in ("--split_scheme", "--sync_bn", "--resume_from_checkpoint", "--push_to_hub", "--min_lr"):
-        assert flag in out.stdout

@@ -39,7 +39,9 @@ def independent_scores(model_dir, raw_root, split: str) -> tuple[np.ndarray, int
         image, _ = resize_pair(row["image"], None, 32)
         with torch.no_grad():
             logits = model(pixel_values=normalize_to_tensor(image)[None]).logits
-        logits = torch.nn.functional.interpolate(logits, size=label.shape, mode="bilinear", align_corners=False)
+        logits = torch.nn.functional.interpolate(
+            logits, size=label.shape, mode="bilinear", align_corners=False
+        )
         pred = logits.argmax(1)[0].numpy()
         for c in range(6):
             inter[c] += np.sum((pred == c) & (label == c))
@@ -75,11 +77,13 @@ def test_evaluate_rejects_wrong_label_count(raw_root, tmp_path, capsys):
 
 def test_evaluate_rejects_missing_data_and_unknown_split(raw_root, tmp_path, capsys):
     tiny_checkpoint(tmp_path / "ckpt")
-    status = cli_main(["evaluate", "--model", str(tmp_path / "ckpt"), "--data-dir", str(tmp_path / "nowhere")])
+    status = cli_main(
+        ["evaluate", "--model", str(tmp_path / "ckpt"), "--data-dir", str(tmp_path / "nowhere")]
+    )
     assert status == 2
     assert "nowhere" in capsys.readouterr().err
-    status = cli_main(["evaluate", "--model", str(tmp_path / "ckpt"), "--data-dir", str(raw_root), "--split", "test"])
+    status = cli_main(
+        ["evaluate", "--model", str(tmp_path / "ckpt"), "--data-dir", str(raw_root), "--split", "test"]
+    )
     assert status == 2
     assert "'test'" in capsys.readouterr().err
-
-

@@ -154,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 <= args.alpha <= 1.0:
         print("error: --alpha must be in [0, 1]", file=sys.stderr)
         return 2
+    from ..constants import PATCH_SIZE
+
+    tile = PATCH_SIZE if args.tile_size is None else args.tile_size
+    if tile < 1 or (args.overlap is not None and not 0 <= args.overlap < tile):
+        print(f"error: need --tile-size >= 1 and 0 <= --overlap < tile size ({tile})", file=sys.stderr)
+        return 2
 
     from tqdm.auto import tqdm
 

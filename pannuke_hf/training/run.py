@@ -205,7 +205,7 @@ def run(argv: Sequence[str] | None = None, callbacks: list[TrainerCallback] | No
     # 3. Model and image processor
     model, processor = build_model(model_args, data_args.image_size)
     if training_args.sync_bn:
-        model = convert_to_sync_batchnorm(model, training_args.world_size)
+        model = convert_to_sync_batchnorm(model, training_args.world_size, training_args.device.type)
 
     # 4. Lazy transforms (decode -> resize -> flip + photometric distortion -> normalise)
     size, mean, std = data_args.image_size, processor.image_mean, processor.image_std

@@ -71,7 +71,9 @@ class PanNukeTrainer(Trainer):
         write_model_card(Path(self.args.output_dir), self.args, **self.model_card_info)
 
 
-def convert_to_sync_batchnorm(model: torch.nn.Module, world_size: int) -> torch.nn.Module:
+def convert_to_sync_batchnorm(
+    model: torch.nn.Module, world_size: int, device_type: str = "cuda"
+) -> torch.nn.Module:
     """Replace every BatchNorm by SyncBatchNorm when ``world_size > 1`` (``--sync_bn``).
 
     Batch statistics are then computed over the global batch, as the reference's multi-GPU
@@ -80,12 +82,21 @@ def convert_to_sync_batchnorm(model: torch.nn.Module, world_size: int) -> torch.
     Args:
         model: the model.
         world_size: number of training processes.
+        device_type: the training device type ("cuda", "cpu", ...).
 
     Returns:
         The (possibly converted) model; state-dict keys are unchanged.
+
+    Raises:
+        ValueError: several CPU processes (torch's SyncBatchNorm runs only on accelerators).
     """
     if world_size <= 1:
         return model
+    if device_type == "cpu":
+        raise ValueError(
+            "--sync_bn needs GPU (or XPU) processes: torch's SyncBatchNorm does not run on the CPU; "
+            "drop --sync_bn for multi-process CPU runs"
+        )
     converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     count = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules())
     logger.info("sync_bn: %d BatchNorm layers synchronised across %d processes", count, world_size)
