@@ -9,9 +9,9 @@ subprocess:
   loaded whole with ``np.load``, then one PNG written per image and one per label map (masks cast
   to uint8 and written channel by channel as label ``(j + 1) % 6``), with PIL's defaults.
 
-Printed as a Markdown table: patches/s and peak memory, three ways: ``RSS main`` =
-``ru_maxrss`` of the measured process itself; ``RSS worker`` = the largest ``num_proc`` worker
-(``ru_maxrss`` of its children); ``PSS all`` = the largest sum of proportional set sizes over the
+Printed as a Markdown table: patches/s and peak memory, three ways: ``RSS main`` = peak RSS
+(VmHWM) of the measured process itself; ``RSS worker`` = the largest peak RSS of its
+``num_proc`` workers (sampled every 0.2 s); ``PSS all`` = the largest sum of proportional set sizes over the
 process and all its descendants, sampled every 0.2 s from /proc (shared pages counted once).
 
 Usage::
@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import pathlib
-import resource
 import shutil
 import subprocess
 import sys
@@ -91,16 +90,25 @@ def _worker(args: argparse.Namespace) -> None:
     else:
         patches = _work_reference(args.data_dir, args.out_dir)
     seconds = time.perf_counter() - start
-    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(
-        json.dumps({"patches": patches, "seconds": seconds, "self_kb": self_kb, "children_kb": children_kb})
-    )
+    # VmHWM, not ru_maxrss: ru_maxrss survives fork + exec, so it would report the parent's size.
+    print(json.dumps({"patches": patches, "seconds": seconds, "self_kb": _peak_rss_kb("self")}))
 
 
 # --------------------------------------------------------------------------------------------
 # Parent: process-tree memory sampling, runs, table
 # --------------------------------------------------------------------------------------------
+
+
+def _peak_rss_kb(pid: int | str) -> int:
+    """Peak resident set size (VmHWM) of a live process, in kB; 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
 
 
 def _descendants(root: int) -> list[int]:
@@ -151,15 +159,17 @@ def _run(method: str, data_dir: pathlib.Path, work: pathlib.Path) -> dict:
     # end and block the worker.
     with open(log, "w") as stderr, open(log.with_suffix(".json"), "w") as stdout:
         process = subprocess.Popen(command, stdout=stdout, stderr=stderr)
-        peak_tree = 0
+        peak_tree = peak_workers_kb = 0
         while process.poll() is None:
             peak_tree = max(peak_tree, _tree_pss(process.pid))
+            for pid in _descendants(process.pid)[1:]:  # num_proc workers
+                peak_workers_kb = max(peak_workers_kb, _peak_rss_kb(pid))
             time.sleep(0.2)
     if process.returncode != 0:
         raise RuntimeError(f"{method} failed (exit {process.returncode}):\n{log.read_text()[-3000:]}")
     result = json.loads(log.with_suffix(".json").read_text().strip().splitlines()[-1])
     result["peak_main_mb"] = result["self_kb"] / 1024
-    result["peak_workers_mb"] = result["children_kb"] / 1024
+    result["peak_workers_mb"] = peak_workers_kb / 1024
     result["peak_tree_mb"] = peak_tree / 2**20
     shutil.rmtree(out_dir, ignore_errors=True)
     return result

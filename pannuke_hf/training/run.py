@@ -124,6 +124,7 @@ def build_model(
             downsamples=[True] * (n - 1),
             encoder_dilations=[1] * n,
             decoder_dilations=[1] * (n - 1),
+            classifier_init_std=model_args.classifier_init_std,
             num_labels=NUM_LABELS,
             id2label=ID2LABEL,
         )
