@@ -101,9 +101,9 @@ def main() -> None:
     parser.add_argument("--data-samples", type=int, default=24, help="images timed through the data pipeline")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--demo-size", type=int, default=128)
-    parser.add_argument("--demo-batch", type=int, default=8)
-    parser.add_argument("--demo-base-channels", type=int, default=16)
-    parser.add_argument("--demo-stages", type=int, default=4)
+    parser.add_argument("--demo-batch", type=int, default=4)
+    parser.add_argument("--demo-base-channels", type=int, default=8)
+    parser.add_argument("--demo-stages", type=int, default=3)
     parser.add_argument("--workdir", default=None, help="where the generated data goes (default: a temp dir)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -142,6 +142,10 @@ def main() -> None:
             )
             workers = rate / data_rates[size]
             rows.append((name, device, size, batch_size, f"{base}/{stages}", rate, data_rates[size], workers))
+        if 512 not in data_rates:  # the reference input size: the loader's rate matters on GPUs
+            data_rates[512] = data_rate(
+                with_transform(train_split, 512, train=True, seed=0), args.data_samples
+            )
 
     device_name = (
         torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} torch thread(s)"
@@ -155,6 +159,10 @@ def main() -> None:
         print(
             f"| {name} | {device} | {size} | {batch_size} | {arch} | {rate:.1f} | {drate:.1f} | {workers:.1f} |"
         )
+    print("\n| data pipeline (decode, resize, flip, photometric, normalise) | input | img/s per worker |")
+    print("|---|---:|---:|")
+    for size, drate in sorted(data_rates.items()):
+        print(f"| training transform | {size} | {drate:.1f} |")
 
 
 if __name__ == "__main__":

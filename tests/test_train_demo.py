@@ -17,7 +17,12 @@ REPO = Path(__file__).resolve().parents[1]
 def test_demo_reaches_70_percent_miou(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     done = subprocess.run(
-        [sys.executable, str(REPO / "train.py")], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=3600
+        [sys.executable, str(REPO / "train.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=3600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "demo_output"
@@ -25,5 +30,11 @@ def test_demo_reaches_70_percent_miou(tmp_path):
     assert results["split"] == "validation" and results["synthetic_data"] is True
     assert results["summary"]["mIoU"] >= 0.70, results["summary"]
     assert "| mIoU | mDice |" in done.stdout  # the table was printed
-    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "predictions.png", "README.md"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "preprocessor_config.json",
+        "predictions.png",
+        "README.md",
+    ):
         assert (out / name).is_file(), name
