@@ -46,16 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_model(base_channels: int, num_stages: int, device: str) -> torch.nn.Module:
     """A randomly initialised UNet-FCN in eval mode."""
-    n = num_stages
     config = UNetFCNConfig(
         base_channels=base_channels,
-        num_stages=n,
-        encoder_num_convs=[2] * n,
-        decoder_num_convs=[2] * (n - 1),
-        strides=[1] * n,
-        downsamples=[True] * (n - 1),
-        encoder_dilations=[1] * n,
-        decoder_dilations=[1] * (n - 1),
+        num_stages=num_stages,
         head_channels=base_channels,
     )
     return UNetFCNForSemanticSegmentation(config).to(device).eval()

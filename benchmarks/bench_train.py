@@ -29,16 +29,9 @@ from pannuke_hf.training.schedule import build_sgd
 
 def unet_config(base_channels: int, num_stages: int) -> UNetFCNConfig:
     """A UNet-FCN with ``num_stages`` stages of 2 convs (the reference layout) and 6 labels."""
-    n = num_stages
     return UNetFCNConfig(
         base_channels=base_channels,
-        num_stages=n,
-        encoder_num_convs=[2] * n,
-        decoder_num_convs=[2] * (n - 1),
-        strides=[1] * n,
-        downsamples=[True] * (n - 1),
-        encoder_dilations=[1] * n,
-        decoder_dilations=[1] * (n - 1),
+        num_stages=num_stages,
     )
 
 

@@ -114,16 +114,9 @@ def build_model(
         except (OSError, ValueError):
             processor = UNetFCNImageProcessor(size=size)
     else:
-        n = model_args.num_stages
         config = UNetFCNConfig(
             base_channels=model_args.base_channels,
-            num_stages=n,
-            encoder_num_convs=[2] * n,
-            decoder_num_convs=[2] * (n - 1),
-            strides=[1] * n,
-            downsamples=[True] * (n - 1),
-            encoder_dilations=[1] * n,
-            decoder_dilations=[1] * (n - 1),
+            num_stages=model_args.num_stages,
             classifier_init_std=model_args.classifier_init_std,
             num_labels=NUM_LABELS,
             id2label=ID2LABEL,
