@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .constants import BACKGROUND_LABEL, CLASS_FULL_NAMES, IGNORE_INDEX, NUM_LABELS, PALETTE
+from .models.unet_fcn.image_processing_unet_fcn import to_rgb_array
 
 #: Colour drawn for ``IGNORE_INDEX`` pixels (padding / void) in label maps.
 IGNORE_COLOR: tuple[int, int, int] = (255, 255, 255)
@@ -115,78 +116,30 @@ def to_rgb_uint8(image: Any, name: str = "image") -> np.ndarray:
     alpha is composited over white (the colour of an empty slide).
 
     Raises:
-        ValueError: wrong shape, empty image, or non-finite values (the message names ``name``).
+        ValueError: wrong shape, empty image, non-finite or out-of-range values (the message
+            names ``name``).
     """
     if isinstance(image, Image.Image):
-        arr = _pil_to_array(image)
+        source = image
+        shape = (image.height, image.width)
     else:
         if hasattr(image, "detach"):
             image = image.detach().cpu().numpy()
-        arr = np.asarray(image)
-    if arr.ndim == 3 and arr.shape[-1] in (1, 2, 3, 4):
-        pass
-    elif arr.ndim == 2:
-        arr = arr[..., None]
-    else:
-        raise ValueError(f"{name}: expected an (H, W[, 1|2|3|4]) image, got shape {arr.shape}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name}: empty image of shape {arr.shape}")
-    values = _scale_to_float255(arr, name)
-    channels = values.shape[-1]
-    if channels in (2, 4):  # grey+alpha or RGBA: composite over white
-        alpha = values[..., -1:] / 255.0
-        values = values[..., :-1] * alpha + 255.0 * (1.0 - alpha)
-    if values.shape[-1] == 1:
-        values = np.repeat(values, 3, axis=-1)
-    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
-
-
-def _pil_to_array(image: Image.Image) -> np.ndarray:
-    """PIL image -> numpy array keeping bit depth (16-bit stays uint16)."""
-    mode = image.mode
-    if mode in ("RGB", "RGBA", "L", "LA"):
-        return np.asarray(image)
-    if mode.startswith("I;16"):
-        return np.asarray(image).astype(np.uint16)
-    if mode == "I":
-        # 16-bit PNGs may open as "I" (int32); values above 255 are read on the 16-bit scale.
-        return np.asarray(image).astype(np.int64)
-    if mode == "F":
-        return np.asarray(image, dtype=np.float32)
-    if mode == "1":
-        return np.asarray(image.convert("L"))
-    if "A" in mode or (mode == "P" and "transparency" in image.info):
-        return np.asarray(image.convert("RGBA"))
-    return np.asarray(image.convert("RGB"))
-
-
-def _scale_to_float255(arr: np.ndarray, name: str) -> np.ndarray:
-    """Pixel values as float64 on the 0-255 scale (the same rules as ``UNetFCNImageProcessor``).
-
-    uint8 as is; uint16/int16, or any integer image with values above 255, divided by 257
-    (0..65535 -> 0..255); bool to 0/255; floats as is, or times 255 when their maximum is <= 1.
-    """
-    if arr.dtype == np.bool_:
-        return arr.astype(np.float64) * 255.0
-    if np.issubdtype(arr.dtype, np.integer):
-        if arr.min(initial=0) < 0:
-            raise ValueError(f"{name}: negative pixel values in a {arr.dtype} image")
-        top = int(arr.max(initial=0))
-        if top > 65535:
-            raise ValueError(f"{name}: integer values up to {top} exceed the 16-bit range")
-        values = arr.astype(np.float64)
-        if arr.dtype in (np.uint16, np.int16) or top > 255:
-            values /= 257.0
-        return values
-    if np.issubdtype(arr.dtype, np.floating):
-        values = arr.astype(np.float64)
-        if not np.all(np.isfinite(values)):
-            pos = tuple(int(i) for i in np.argwhere(~np.isfinite(values))[0])
-            raise ValueError(f"{name}: non-finite pixel value at index {pos}")
-        if values.max(initial=0.0) <= 1.0:
-            values = values * 255.0
-        return np.clip(values, 0.0, 255.0)
-    raise ValueError(f"{name}: unsupported pixel dtype {arr.dtype}")
+        source = np.asarray(image)
+        if not (source.ndim == 2 or (source.ndim == 3 and source.shape[-1] in (1, 2, 3, 4))):
+            raise ValueError(f"{name}: expected an (H, W[, 1|2|3|4]) image, got shape {source.shape}")
+        shape = source.shape[:2]
+    if 0 in shape:
+        raise ValueError(f"{name}: empty image of shape {shape}")
+    if not isinstance(source, Image.Image) and source.dtype.kind == "f" and not np.isfinite(source).all():
+        pos = tuple(int(i) for i in np.argwhere(~np.isfinite(source))[0])
+        raise ValueError(f"{name}: non-finite pixel value at index {pos}")
+    try:
+        # The processor's conversion rules, so pictures show exactly what the model sees.
+        values = to_rgb_array(source, index=0, data_format="channels_last")  # (3, H, W) float32
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name}: {str(err).removeprefix('image 0: ')}") from None
+    return np.rint(np.moveaxis(values, 0, -1)).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
