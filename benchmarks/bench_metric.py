@@ -8,6 +8,15 @@ references), generated batch by batch from a fixed seed and never all held in me
   ignored pixels, then ``numpy.histogram`` of the intersection, the prediction and the reference
   over ``num_labels`` bins, summed over images. Only metric time is counted (map generation is
   excluded); both must give the same numbers (checked).
+* **The evaluate route** (``--evaluate-maps``, default 40 maps of 512x512):
+  ``evaluate.load(MEAN_IOU_PATH)``, then ``add_batch`` + ``compute``, through evaluate's Arrow
+  cache, against the Hub ``mean_iou`` metric's route. The Hub module cannot be downloaded offline,
+  so the benchmark stands in for it with two ``evaluate.Metric`` classes written here that store
+  the maps with the Hub module's input features (``datasets.Image()`` in its current revision,
+  ``Sequence(Sequence(Value("uint16")))`` in an earlier one) and compute like it (per-image
+  ``numpy.histogram``); ``--hub`` also loads the real ``evaluate.load("mean_iou")`` when it is
+  reachable. Runs are interleaved (A B C, A B C, ...) and the median is reported; a fresh metric
+  object per run, loading excluded.
 * **Memory**: peak RSS (``VmHWM``) of a fresh subprocess that imports the package, then feeds N
   images batch by batch to the accumulator and computes the metric; "above start" subtracts the
   RSS measured just before the first batch. With ``--store-contrast``, the same for "store, then
@@ -18,6 +27,7 @@ Usage::
     python benchmarks/bench_metric.py                               # 1000 maps of 512x512
     python benchmarks/bench_metric.py --num-images 200 --size 256 --memory-counts 100 1000
     python benchmarks/bench_metric.py --store-contrast             # + memory when storing all maps
+    python benchmarks/bench_metric.py --num-images 0 --memory-counts   # the evaluate route only
 
 Timings depend on the machine's load: compare rows of one run, not across runs. torch runs with
 one thread by default (``--threads``), like the numpy baseline.
@@ -28,10 +38,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -96,6 +107,88 @@ def time_metrics(makers: dict, args: argparse.Namespace, dtype: str) -> dict[str
         result = metric.compute()
         results[name] = (elapsed[name] + time.perf_counter() - start, result)
     return results
+
+
+# ------------------------------------------------------------------------------------------------
+# The evaluate route: our metric against stand-ins for the Hub mean_iou module
+# ------------------------------------------------------------------------------------------------
+
+
+def hub_standin(feature: str, num_labels: int, ignore_index: int):
+    """An ``evaluate.Metric`` storing the maps with the Hub ``mean_iou`` module's input features
+    (``"image"``: ``datasets.Image()``; ``"uint16"``: ``Sequence(Sequence(Value("uint16")))``)
+    and computing per image with ``numpy.histogram``, as that module does."""
+    import datasets
+    import evaluate
+
+    class HubMeanIoUStandIn(evaluate.Metric):
+        def _info(self) -> evaluate.MetricInfo:
+            if feature == "image":
+                column = datasets.Image()
+            else:
+                column = datasets.Sequence(datasets.Sequence(datasets.Value("uint16")))
+            return evaluate.MetricInfo(
+                description="stand-in",
+                citation="",
+                inputs_description="",
+                features=datasets.Features({"predictions": column, "references": column}),
+            )
+
+        def _compute(self, predictions, references, num_labels: int, ignore_index: int) -> dict:
+            totals = PerImageHistogram(num_labels, ignore_index)
+            for prediction, reference in zip(predictions, references):
+                totals.update(np.array(prediction)[None], np.array(reference)[None])
+            return totals.compute()
+
+    return HubMeanIoUStandIn()
+
+
+def evaluate_route(args: argparse.Namespace) -> list[str]:
+    """Markdown rows: median seconds of add_batch + compute per route, interleaved runs."""
+    import evaluate
+
+    from pannuke_hf.metrics import MEAN_IOU_PATH
+
+    count, size = args.evaluate_maps, args.size
+    predictions, references = [], []
+    for batch in generate_batches(count, size, args.num_labels, args.batch_size, "uint8", seed=1):
+        predictions += list(batch[0])
+        references += list(batch[1])
+
+    routes: dict[str, Callable] = {
+        "ours: evaluate.load(MEAN_IOU_PATH)": lambda: evaluate.load(MEAN_IOU_PATH),
+        "Hub stand-in, datasets.Image() features": lambda: hub_standin(
+            "image", args.num_labels, IGNORE_INDEX
+        ),
+        'Hub stand-in, Sequence(Sequence(Value("uint16")))': lambda: hub_standin(
+            "uint16", args.num_labels, IGNORE_INDEX
+        ),
+    }
+    if args.hub:
+        try:
+            evaluate.load("mean_iou")
+            routes['Hub: evaluate.load("mean_iou")'] = lambda: evaluate.load("mean_iou")
+        except Exception as error:  # offline, no cache
+            print(f"(the Hub mean_iou module could not be loaded: {type(error).__name__})", file=sys.stderr)
+    seconds: dict[str, list[float]] = {name: [] for name in routes}
+    results: dict[str, dict] = {}
+    for _ in range(args.evaluate_repeats):
+        for name, make in routes.items():
+            metric = make()
+            start = time.perf_counter()
+            metric.add_batch(predictions=predictions, references=references)
+            results[name] = metric.compute(num_labels=args.num_labels, ignore_index=IGNORE_INDEX)
+            seconds[name].append(time.perf_counter() - start)
+    ours = next(iter(routes))
+    keys = ("mean_iou", "mean_accuracy", "overall_accuracy", "per_category_iou", "per_category_accuracy")
+    rows = []
+    for name in routes:
+        median = statistics.median(seconds[name])
+        ratio = statistics.median(seconds[name]) / statistics.median(seconds[ours])
+        same = all(np.allclose(results[name][k], results[ours][k], rtol=1e-12, equal_nan=True) for k in keys)
+        runs = " / ".join(f"{t:.2f}" for t in seconds[name])
+        rows.append(f"| {name} | {median:.2f} | {runs} | {ratio:.1f}x | {'yes' if same else 'NO'} |")
+    return rows
 
 
 def same_metrics(a: dict, b: dict) -> bool:
@@ -172,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         help="torch CPU threads (default 1: the numpy baseline is single-threaded, and on a shared "
         "machine multi-threaded torch ops stall behind other processes)",
     )
+    parser.add_argument(
+        "--evaluate-maps", type=int, default=40, help="maps for the evaluate-route table (0: skip it)"
+    )
+    parser.add_argument("--evaluate-repeats", type=int, default=3, help="interleaved runs per route")
+    parser.add_argument("--hub", action="store_true", help="also try the real Hub mean_iou (needs network)")
     parser.add_argument("--memory-child", choices=["streaming", "store"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -185,8 +283,22 @@ def main(argv: list[str] | None = None) -> int:
         f"batches of {args.batch_size}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{os.cpu_count()} CPUs\n"
     )
-    print("| implementation | dtype | seconds | ms / image | speed-up | same result |")
-    print("|:---|:---|---:|---:|---:|:---|")
+    if args.evaluate_maps:
+        print(
+            f"The evaluate route: add_batch + compute of {args.evaluate_maps} maps of {args.size}x{args.size} "
+            f"through evaluate's Arrow cache; median of {args.evaluate_repeats} interleaved runs "
+            "(loading excluded). 'our speed-up' = route's time / ours.\n"
+        )
+        print("| route | median s | runs (s) | our speed-up | same result |")
+        print("|:---|---:|:---|---:|:---|")
+        for row in evaluate_route(args):
+            print(row, flush=True)
+        print()
+    if not args.num_images:
+        args.dtypes = []
+    else:
+        print("| implementation | dtype | seconds | ms / image | speed-up | same result |")
+        print("|:---|:---|---:|---:|---:|:---|")
     for dtype in args.dtypes:
         makers = {
             "base": lambda: PerImageHistogram(args.num_labels, IGNORE_INDEX),

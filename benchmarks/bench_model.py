@@ -5,18 +5,34 @@ known (the reference width, base 64), the achieved TFLOP/s and the fraction of t
 The forward pass of the reference model costs about 405 GFLOP per 512x512 image (scaled by
 (size / 512)^2); a training step about 3x that.
 
+With ``--versus-mmseg`` it instead compares our model with the reference library's own model
+(mmsegmentation's ``UNet`` backbone + ``FCNHead`` as configured by ``fcn_unet_s5-d16``: same
+architecture, parameters and FLOPs) on the CPU: eval forward and training step (forward, the same
+cross-entropy, backward, SGD with momentum), 256x256, batch 2 by default, the same torch thread
+count on both sides. The two run alternately (ours, reference, ours, reference, ...) and each
+pair gives one ratio, so load drifting on a shared machine hits both sides alike; the table gives
+the median of the per-pair ratios. mmsegmentation is never a dependency of this project: the
+comparison runs only where it can be imported (``--mmseg-path`` adds e.g. a
+``pip install --target DIR mmsegmentation mmengine mmcv-lite`` folder; with mmcv-lite, whose
+compiled ``mmcv.ops`` are missing, a stub module stands in for ``mmcv.ops``, which the UNet and
+the FCN head do not use), and the table says so otherwise.
+
 Examples::
 
     python benchmarks/bench_model.py                                # CPU: short default run
     python benchmarks/bench_model.py --sizes 512 --batch-sizes 16   # one case
     python benchmarks/bench_model.py --device cuda --compile        # GPU: fp32, bf16+channels-last, compiled
+    python benchmarks/bench_model.py --versus-mmseg --mmseg-path /tmp/mmref --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
+import sys
 import time
+import types
 from dataclasses import dataclass
 
 import torch
@@ -172,6 +188,160 @@ def format_table(
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------------
+# Against the reference library's model (mmsegmentation), CPU
+# ------------------------------------------------------------------------------------------------
+
+
+def import_mmseg(path: str | None) -> tuple[type, type] | str:
+    """mmsegmentation's ``UNet`` and ``FCNHead`` classes, or why they cannot be imported."""
+    if path:
+        sys.path.insert(0, path)
+    try:
+        import mmseg  # noqa: F401
+    except ImportError as error:
+        return f"mmsegmentation is not installed ({error})"
+    try:
+        import mmcv.ops  # noqa: F401
+    except ImportError:
+        # mmcv-lite: no compiled ops. mmseg imports names from mmcv.ops at module level in models
+        # the UNet and FCNHead do not use; a stub that fails only when such a name is called.
+        class Unavailable:
+            def __init__(self, *args, **kwargs):
+                raise RuntimeError("mmcv.ops is not available (mmcv-lite)")
+
+        def stub_attribute(name: str) -> type:
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return Unavailable
+
+        stub = types.ModuleType("mmcv.ops")
+        stub.__path__ = []
+        stub.__getattr__ = stub_attribute
+        sys.modules["mmcv.ops"] = stub
+    try:
+        from mmseg.models.backbones import UNet
+        from mmseg.models.decode_heads import FCNHead
+        from mmseg.utils import register_all_modules
+
+        register_all_modules(init_default_scope=True)  # its registry resolves "InterpConv", "BN", ...
+    except Exception as error:  # noqa: BLE001 - any failure of its import chain
+        return f"mmsegmentation could not be imported ({type(error).__name__}: {error})"
+    return UNet, FCNHead
+
+
+class MMSegUNetFCN(torch.nn.Module):
+    """The reference model: mmsegmentation's UNet backbone + FCNHead as in ``fcn_unet_s5-d16``
+    (BN instead of SyncBN on one CPU process; no auxiliary head, as our default config)."""
+
+    def __init__(self, unet_cls: type, head_cls: type, num_labels: int):
+        super().__init__()
+        norm_cfg = dict(type="BN", requires_grad=True)
+        self.backbone = unet_cls(
+            in_channels=3,
+            base_channels=64,
+            num_stages=5,
+            strides=(1, 1, 1, 1, 1),
+            enc_num_convs=(2, 2, 2, 2, 2),
+            dec_num_convs=(2, 2, 2, 2),
+            downsamples=(True, True, True, True),
+            enc_dilations=(1, 1, 1, 1, 1),
+            dec_dilations=(1, 1, 1, 1),
+            with_cp=False,
+            conv_cfg=None,
+            norm_cfg=norm_cfg,
+            act_cfg=dict(type="ReLU"),
+            upsample_cfg=dict(type="InterpConv"),
+            norm_eval=False,
+        )
+        self.decode_head = head_cls(
+            in_channels=64,
+            in_index=4,
+            channels=64,
+            num_convs=1,
+            concat_input=False,
+            dropout_ratio=0.1,
+            num_classes=num_labels,
+            norm_cfg=norm_cfg,
+            align_corners=False,
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.decode_head(self.backbone(pixel_values))
+
+
+def versus_mmseg(args: argparse.Namespace) -> str:
+    """Markdown table: our model against mmsegmentation's, per mode, interleaved pairs."""
+    from pannuke_hf.models.unet_fcn.modeling_unet_fcn import semantic_segmentation_loss
+
+    threads = torch.get_num_threads()
+    header = [
+        f"Ours vs the reference library's model, CPU ({threads} torch threads, the same on both sides), "
+        f"{args.size_vs}x{args.size_vs}, batch {args.batch_vs}; {args.pairs} interleaved pairs of "
+        f"{args.iters_vs} steps each after {args.warmup_vs} warm-up steps per side.",
+        "",
+        "| mode | ours s/step (median) | mmseg s/step (median) | speed ratio ours/mmseg (median of pairs) "
+        "| per pair | parameters (ours / mmseg) |",
+        "|---|--:|--:|--:|:--|:--|",
+    ]
+    imported = import_mmseg(args.mmseg_path)
+    if isinstance(imported, str):
+        return "\n".join(header + [f"| infer, train | - | - | not measured: {imported} | | |"])
+    unet_cls, head_cls = imported
+    torch.manual_seed(0)
+    config = UNetFCNConfig()
+    ours = UNetFCNForSemanticSegmentation(config)
+    theirs = MMSegUNetFCN(unet_cls, head_cls, config.num_labels)
+    params = (sum(p.numel() for p in ours.parameters()), sum(p.numel() for p in theirs.parameters()))
+    pixel_values = torch.randn(args.batch_vs, 3, args.size_vs, args.size_vs)
+    labels = torch.randint(0, config.num_labels, (args.batch_vs, args.size_vs, args.size_vs))
+    ignore = config.semantic_loss_ignore_index
+
+    def steppers(mode: str) -> dict:
+        def make(model, logits_of):
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+            model.train(mode == "train")
+
+            def step():
+                if mode == "train":
+                    loss = semantic_segmentation_loss(logits_of(model), labels, ignore)
+                    loss.backward()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                else:
+                    with torch.inference_mode():
+                        logits_of(model)
+
+            return step
+
+        return {
+            "ours": make(ours, lambda m: m(pixel_values).logits),
+            "mmseg": make(theirs, lambda m: m(pixel_values)),
+        }
+
+    rows = []
+    for mode in ("infer", "train"):
+        step = steppers(mode)
+        for name in step:
+            for _ in range(args.warmup_vs):
+                step[name]()
+        seconds: dict[str, list[float]] = {"ours": [], "mmseg": []}
+        for _ in range(args.pairs):
+            for name in ("ours", "mmseg"):
+                start = time.perf_counter()
+                for _ in range(args.iters_vs):
+                    step[name]()
+                seconds[name].append((time.perf_counter() - start) / args.iters_vs)
+        ratios = [theirs_s / ours_s for ours_s, theirs_s in zip(seconds["ours"], seconds["mmseg"])]
+        rows.append(
+            f"| {mode} | {statistics.median(seconds['ours']):.3f} | {statistics.median(seconds['mmseg']):.3f} | "
+            f"{statistics.median(ratios):.2f}x | {' / '.join(f'{r:.2f}' for r in ratios)} | "
+            f"{params[0]:,} / {params[1]:,} |"
+        )
+        print(rows[-1], file=sys.stderr, flush=True)
+    return "\n".join(header + rows)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -202,6 +372,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--base-channels", type=int, default=64, help="model width (64 = reference)")
     parser.add_argument(
+        "--versus-mmseg", action="store_true", help="compare with mmsegmentation's model on the CPU instead"
+    )
+    parser.add_argument("--mmseg-path", default=None, help="folder to import mmsegmentation from")
+    parser.add_argument("--size-vs", type=int, default=256, help="image size for --versus-mmseg")
+    parser.add_argument("--batch-vs", type=int, default=2, help="batch size for --versus-mmseg")
+    parser.add_argument("--pairs", type=int, default=5, help="interleaved (ours, mmseg) pairs")
+    parser.add_argument("--iters-vs", type=int, default=2, help="steps per side and pair")
+    parser.add_argument("--warmup-vs", type=int, default=2, help="untimed steps per side and mode")
+    parser.add_argument(
         "--peak-tflops", type=float, default=None, help="peak for the %% column (default: detected)"
     )
     return parser.parse_args(argv)
@@ -216,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     on_cuda = device.type == "cuda"
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.versus_mmseg:
+        print(versus_mmseg(args))
+        return 0
     if on_cuda:
         torch.backends.cudnn.benchmark = True
     args.warmup = args.warmup if args.warmup is not None else (5 if on_cuda else 1)

@@ -9,15 +9,23 @@ subprocess:
   loaded whole with ``np.load``, then one PNG written per image and one per label map (masks cast
   to uint8 and written channel by channel as label ``(j + 1) % 6``), with PIL's defaults.
 
-Printed as a Markdown table: patches/s and peak memory, three ways: ``RSS main`` = peak RSS
-(VmHWM) of the measured process itself; ``RSS worker`` = the largest peak RSS of its
-``num_proc`` workers (sampled every 0.2 s); ``PSS all`` = the largest sum of proportional set sizes over the
-process and all its descendants, sampled every 0.2 s from /proc (shared pages counted once).
+The methods run in rounds, interleaved (reference, builder np=1, builder np=2; then again), so
+that every builder run is compared with the reference run of its own round: on a shared machine
+the load drifts over minutes, and a ratio of two runs far apart measures the drift. The table
+gives, per method, the median over rounds of the seconds, of patches/s and of the per-round
+ratio to the reference (each round's ratio listed too), the CPU seconds (user + system, the
+process and its workers: the work done, whatever the load) and peak memory, three ways:
+``RSS main`` = peak RSS (VmHWM) of the measured process itself; ``RSS worker`` = the largest
+peak RSS of its ``num_proc`` workers (sampled every 0.2 s); ``PSS all`` = the largest sum of
+proportional set sizes over the process and all its descendants, sampled every 0.2 s from /proc
+(shared pages counted once); each the largest over rounds. The load average before and after
+is printed with the table.
 
 Usage::
 
-    python benchmarks/bench_prepare.py                       # 100 patches per fold (short)
-    python benchmarks/bench_prepare.py --sizes 100 1000      # both sizes (~15 min on 2 cores)
+    python benchmarks/bench_prepare.py                           # 300 patches per fold, 2 rounds
+    python benchmarks/bench_prepare.py --sizes 100 --rounds 1    # short
+    python benchmarks/bench_prepare.py --sizes 300 1000          # both sizes (long on 2 cores)
 
 Throughput depends on the machine's load: compare rows of one run, not across runs.
 """
@@ -28,16 +36,18 @@ import argparse
 import json
 import os
 import pathlib
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
 METHODS: dict[str, tuple[str, int]] = {
+    "reference": ("reference", 1),
     "builder np=1": ("builder", 1),
     "builder np=2": ("builder", 2),
-    "reference": ("reference", 1),
 }
 
 
@@ -155,6 +165,7 @@ def _run(method: str, data_dir: pathlib.Path, work: pathlib.Path) -> dict:
     command = [sys.executable, __file__, "--worker", kind, "--data-dir", str(data_dir)]
     command += ["--out-dir", str(out_dir), "--num-proc", str(num_proc)]
     log = work / f"log_{kind}_{num_proc}.txt"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     # Output goes to files, not pipes: progress bars would fill a pipe nobody reads until the
     # end and block the worker.
     with open(log, "w") as stderr, open(log.with_suffix(".json"), "w") as stdout:
@@ -167,7 +178,9 @@ def _run(method: str, data_dir: pathlib.Path, work: pathlib.Path) -> dict:
             time.sleep(0.2)
     if process.returncode != 0:
         raise RuntimeError(f"{method} failed (exit {process.returncode}):\n{log.read_text()[-3000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the worker and its (reaped) children
     result = json.loads(log.with_suffix(".json").read_text().strip().splitlines()[-1])
+    result["cpu_seconds"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     result["peak_main_mb"] = result["self_kb"] / 1024
     result["peak_workers_mb"] = peak_workers_kb / 1024
     result["peak_tree_mb"] = peak_tree / 2**20
@@ -191,20 +204,34 @@ def _has_folds(data_dir: pathlib.Path, size: int) -> bool:
         return False
 
 
-def _table(rows: list[tuple[int, str, dict]]) -> str:
+def _table(rows: list[tuple[int, int, str, dict]]) -> str:
+    """Markdown table, one row per (size, method): medians over rounds, memory maxima."""
     lines = [
-        "| patches/fold | method | patches | seconds | patches/s | vs reference "
-        "| peak RSS main (MB) | peak RSS worker (MB) | peak PSS all (MB) |",
-        "|--:|:--|--:|--:|--:|--:|--:|--:|--:|",
+        "| patches/fold | method | rounds | patches | seconds (median) | patches/s | vs reference "
+        "(median) | per round | CPU s | peak RSS main (MB) | peak RSS worker (MB) | peak PSS all (MB) |",
+        "|--:|:--|--:|--:|--:|--:|--:|:--|--:|--:|--:|--:|",
     ]
-    reference = {size: r["patches"] / r["seconds"] for size, m, r in rows if m == "reference"}
-    for size, method, r in rows:
-        speed = r["patches"] / r["seconds"]
-        ratio = f"{speed / reference[size]:.2f}x" if size in reference else "-"
-        workers = f"{r['peak_workers_mb']:.0f}" if METHODS[method][1] > 1 else "-"
+    reference = {(size, r): res["patches"] / res["seconds"] for size, r, m, res in rows if m == "reference"}
+    keys = list(dict.fromkeys((size, method) for size, _, method, _ in rows))
+    for size, method in keys:
+        runs = [(r, res) for s, r, m, res in rows if (s, m) == (size, method)]
+        ratios = [
+            res["patches"] / res["seconds"] / reference[(size, r)]
+            for r, res in runs
+            if (size, r) in reference
+        ]
+        ratio = f"{statistics.median(ratios):.2f}x" if ratios else "-"
+        per_round = " / ".join(f"{x:.2f}" for x in ratios) if ratios else "-"
+        seconds = statistics.median(res["seconds"] for _, res in runs)
+        speed = statistics.median(res["patches"] / res["seconds"] for _, res in runs)
+        cpu = statistics.median(res["cpu_seconds"] for _, res in runs)
+        patches = runs[0][1]["patches"]
+        main_mb = max(res["peak_main_mb"] for _, res in runs)
+        workers = f"{max(res['peak_workers_mb'] for _, res in runs):.0f}" if METHODS[method][1] > 1 else "-"
+        tree_mb = max(res["peak_tree_mb"] for _, res in runs)
         lines.append(
-            f"| {size} | {method} | {r['patches']} | {r['seconds']:.1f} | {speed:.1f} | {ratio} | "
-            f"{r['peak_main_mb']:.0f} | {workers} | {r['peak_tree_mb']:.0f} |"
+            f"| {size} | {method} | {len(runs)} | {patches} | {seconds:.1f} | {speed:.1f} | {ratio} | "
+            f"{per_round} | {cpu:.1f} | {main_mb:.0f} | {workers} | {tree_mb:.0f} |"
         )
     return "\n".join(lines)
 
@@ -212,8 +239,9 @@ def _table(rows: list[tuple[int, str, dict]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the table; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100], help="patches per fold (default 100)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[300], help="patches per fold (default 300)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of all methods (default 2)")
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one, removed)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -232,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="bench_prepare_"))
     rows = []
+    load_before = os.getloadavg()
     try:
         for size in args.sizes:
             data_dir = work / f"raw_{size}"
@@ -240,17 +269,26 @@ def main(argv: list[str] | None = None) -> int:
                 start = time.perf_counter()
                 make_synthetic_folds(data_dir, size, seed=args.seed)
                 print(f"generated 3 x {size} patches in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-            for method in args.methods:
-                result = _run(method, data_dir, work)
-                rows.append((size, method, result))
-                print(_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)  # partial results
+            methods = sorted(args.methods, key=list(METHODS).index)  # the reference first in a round
+            for round_index in range(args.rounds):
+                for method in methods:
+                    result = _run(method, data_dir, work)
+                    rows.append((size, round_index, method, result))
+                    print(  # partial results
+                        f"round {round_index + 1}: {method}: {result['seconds']:.1f} s, "
+                        f"{result['cpu_seconds']:.1f} CPU s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             if not args.reuse_data:
                 shutil.rmtree(data_dir, ignore_errors=True)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
+    load_after = os.getloadavg()
     print(
-        f"Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; 3 folds of generated data each.\n"
+        f"Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; 3 folds of generated data each; "
+        f"load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after.\n"
     )
     print(_table(rows))
     return 0

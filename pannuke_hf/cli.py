@@ -2,13 +2,15 @@
 
 Each sub-command lives in ``pannuke_hf/commands/<name>.py`` and exposes
 ``main(argv: list[str] | None) -> int``. Modules are imported only when their command runs,
-so ``pannuke-hf --help`` stays fast.
+so ``pannuke-hf --help`` stays fast. Exit codes: see :mod:`pannuke_hf.errors`.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+
+from .errors import EXIT_USAGE
 
 #: command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -23,6 +25,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pannuke_hf.commands.train", "train a UNet-FCN (same as `accelerate launch train.py`)"),
     "evaluate": ("pannuke_hf.commands.evaluate", "score a checkpoint on a split; table + JSON"),
     "predict": ("pannuke_hf.commands.predict", "predict label maps and overlays for image files"),
+    "score": (
+        "pannuke_hf.commands.score",
+        "official nucleus PQ / mPQ / bPQ / F1 of release-format predictions",
+    ),
+    "protocol": ("pannuke_hf.commands.protocol", "the 3-fold protocol: train/evaluate 3 rows, mean and std"),
+    "demo": ("pannuke_hf.commands.demo", "browser demo (Gradio) on 127.0.0.1: upload images, see nuclei"),
+    "space": ("pannuke_hf.commands.space", "write (and push) the browser demo as a Hugging Face Space"),
 }
 
 
@@ -30,7 +39,12 @@ def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = ["usage: pannuke-hf COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "Run `pannuke-hf COMMAND --help` for the arguments of a command."]
+    lines += [
+        "",
+        "Run `pannuke-hf COMMAND --help` for the arguments of a command.",
+        "Exit codes: 0 success, 1 the work failed (data, model, input files, Hub), "
+        "2 the command line cannot be used.",
+    ]
     return "\n".join(lines)
 
 
@@ -47,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"pannuke-hf: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
+        print(f"pannuke-hf: error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return EXIT_USAGE
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)
 

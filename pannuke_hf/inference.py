@@ -26,12 +26,20 @@ tile's pixels.
 
 Inputs may be PIL images of any mode or numpy arrays: grey, RGB, RGBA (composited over white),
 16-bit (scaled from 0-65535). See :func:`pannuke_hf.visualization.to_rgb_uint8`.
+
+Nuclei (:func:`predict_instances`): the same tiling, with a distance-map model's nucleus logits
+and horizontal / vertical maps averaged over overlaps like the class logits; the instance
+post-processing then runs **once on the stitched full-image maps**, so a nucleus cut by a tile
+border is one nucleus. Memory: the stitched maps are float32, (num_labels + 1) channels (+ 4 for
+a distance-map head) at full resolution, about twice that at the peak of the post-processing:
+an 8k x 8k image with 6 labels and the hv head needs ~6 GB; split larger images (or use
+``offset`` in :mod:`pannuke_hf.exports` for crops).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +57,9 @@ __all__ = [
     "predict_image",
     "predict_images",
     "predict_keyed",
+    "InstancePrediction",
+    "predict_instances",
+    "predict_instances_keyed",
     "predict_logits",
     "tile_positions",
 ]
@@ -205,8 +216,15 @@ class _Job:
 class _TileRunner:
     """Runs batches of equal-sized tiles through the model and returns logits at tile resolution."""
 
-    def __init__(self, model: torch.nn.Module, processor: Any, scale: tuple[float, float]):
+    def __init__(
+        self, model: torch.nn.Module, processor: Any, scale: tuple[float, float], all_maps: bool = False
+    ):
         self.model = model
+        # all_maps: also return a distance-map head's nuclei_logits and hv_maps, concatenated
+        # after the class logits; ``num_labels`` / ``has_hv`` describe the channels once known
+        self.all_maps = all_maps
+        self.num_labels: int | None = None
+        self.has_hv = False
         self.device, self.dtype = _model_device_dtype(model)
         self.factor, self.mean, self.std = _normalisation(processor, self.device)
         self.scale = scale
@@ -236,6 +254,17 @@ class _TileRunner:
             raise ValueError(
                 f"the model returned logits of shape {tuple(logits.shape)}, expected (B, C, H, W)"
             )
+        self.num_labels = int(logits.shape[1])
+        hv_maps = getattr(out, "hv_maps", None)
+        nuclei_logits = getattr(out, "nuclei_logits", None)
+        self.has_hv = hv_maps is not None and nuclei_logits is not None
+        if self.all_maps and self.has_hv:
+            extra = torch.cat([nuclei_logits, hv_maps], dim=1).to(logits.dtype)
+            if extra.shape[-2:] != logits.shape[-2:]:
+                extra = F.interpolate(
+                    extra.float(), size=logits.shape[-2:], mode="bilinear", align_corners=False
+                )
+            logits = torch.cat([logits, extra.to(logits.dtype)], dim=1)
         if logits.shape[-2:] != x.shape[-2:]:
             logits = F.interpolate(logits.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
         logits = logits[..., :in_h, :in_w].float()
@@ -317,16 +346,22 @@ def predict_keyed(
     batch_size: int = 8,
     scale: float | None = None,
     return_logits: bool = False,
+    progress: Callable[[int, int], Any] | None = None,
+    _runner: _TileRunner | None = None,
 ) -> Iterator[tuple[Any, Any]]:
     """Same as :func:`predict_images` for ``(key, image)`` pairs; yields ``(key, result)`` in order.
 
     The input iterable is consumed lazily (only the images of the current batch are held), so a
-    generator that loads files one by one keeps memory flat.
+    generator that loads files one by one keeps memory flat. ``progress(done, total)``, when
+    given, is called after every forward pass with the tiles predicted so far and the tiles
+    planned so far (images are planned as they are read).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     tile, ov, sc = _resolve(processor, tile_size, overlap, scale)
-    runner = _TileRunner(model, processor, sc)
+    runner = _TileRunner(model, processor, sc) if _runner is None else _runner
+    runner.scale = sc
+    tiles_done = tiles_planned = 0
     # stride of the windows rounded to the pooling grid in image pixels, when that is whole
     align = runner.stride / sc[0]
     align_px = int(align) if align == int(align) and sc[0] == sc[1] else 1
@@ -345,6 +380,10 @@ def predict_keyed(
             job.logits[:, y : y + tile, x : x + tile] += lg
             job.count[y : y + tile, x : x + tile] += 1
             job.pending -= 1
+        nonlocal tiles_done
+        tiles_done += len(batch)
+        if progress is not None:
+            progress(tiles_done, tiles_planned)
 
     def finished() -> Iterator[tuple[Any, Any]]:
         while jobs and jobs[0].pending == 0:
@@ -361,6 +400,7 @@ def predict_keyed(
         plan = plan_tiles(h, w, tile, ov, align=align_px)
         job = _Job(key, _pad_to(rgb, plan.padded_height, plan.padded_width), plan, pending=len(plan.corners))
         jobs.append(job)
+        tiles_planned += len(plan.corners)
         for y, x in plan.corners:
             queue.append((job, y, x))
             if len(queue) == batch_size:
@@ -407,3 +447,117 @@ def predict_image(
         ``(H, W)`` uint8, the arg-max over classes of the logits averaged over overlapping tiles.
     """
     return next(predict_images(model, processor, [image], tile_size, overlap, batch_size, scale))
+
+
+def predict_instances(
+    model: torch.nn.Module,
+    processor: Any,
+    image: Any,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    scale: float | None = None,
+    min_size: int = 10,
+    progress: Callable[[int, int], Any] | None = None,
+    batch_size: int = 8,
+) -> tuple[np.ndarray, list[dict]]:
+    """Nuclei of one image of any size: tiled prediction, stitched maps, one post-processing.
+
+    The class logits (and, for a model with a distance-map head, its nucleus logits and
+    horizontal / vertical maps) are predicted tile by tile and averaged over overlaps exactly as in
+    :func:`predict_images`; the processor's ``post_process_instance_segmentation`` then runs once
+    on the full-image maps, so a nucleus cut by a tile border is found as one nucleus.
+
+    Args:
+        model, processor: see :func:`predict_images` (model in eval mode, on its device). A
+            processor without ``post_process_instance_segmentation`` (or None) falls back to the
+            UNet-FCN functions.
+        image: PIL image or numpy array ``(H, W[, C])``.
+        tile_size, overlap, scale, batch_size: tiling, see the module docstring.
+        min_size: nuclei with fewer pixels (of the image) are dropped.
+        progress: optional ``progress(tiles_done, tiles_total)`` called after every forward pass.
+
+    Returns:
+        ``(instance_map, segments_info)``: (H, W) int32 nucleus ids (0 = no nucleus, 1..K in
+        raster order of each nucleus's first pixel) and ``[{"id", "label_id", "score",
+        "was_fused": False}, ...]``. Memory: see the module docstring.
+    """
+    _, result = next(
+        predict_instances_keyed(
+            model,
+            processor,
+            [(0, image)],
+            tile_size=tile_size,
+            overlap=overlap,
+            batch_size=batch_size,
+            scale=scale,
+            min_size=min_size,
+            progress=progress,
+        )
+    )
+    return result.instances, result.segments_info
+
+
+@dataclass
+class InstancePrediction:
+    """Nuclei of one image (see :func:`predict_instances_keyed`).
+
+    Attributes:
+        instances: (H, W) int32 nucleus ids, 0 = no nucleus.
+        segments_info: ``[{"id", "label_id", "score", "was_fused": False}, ...]``.
+        labels: (H, W) uint8 arg-max of the stitched class logits (the semantic prediction).
+    """
+
+    instances: np.ndarray
+    segments_info: list[dict]
+    labels: np.ndarray
+
+
+def predict_instances_keyed(
+    model: torch.nn.Module,
+    processor: Any,
+    items: Iterable[tuple[Any, Any]],
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 8,
+    scale: float | None = None,
+    min_size: int = 10,
+    progress: Callable[[int, int], Any] | None = None,
+) -> Iterator[tuple[Any, InstancePrediction]]:
+    """:func:`predict_instances` for many ``(key, image)`` pairs, batching tiles across images.
+
+    Yields ``(key, InstancePrediction)`` in input order; the input is consumed lazily as in
+    :func:`predict_keyed`.
+    """
+    from types import SimpleNamespace
+
+    tile, ov, sc = _resolve(processor, tile_size, overlap, scale)
+    runner = _TileRunner(model, processor, sc, all_maps=True)
+    post_process = getattr(processor, "post_process_instance_segmentation", None)
+    if post_process is None:
+        from .models.unet_fcn.image_processing_unet_fcn import UNetFCNImageProcessor
+
+        post_process = UNetFCNImageProcessor().post_process_instance_segmentation
+    stitched = predict_keyed(
+        model,
+        processor,
+        items,
+        tile_size=tile,
+        overlap=ov,
+        batch_size=batch_size,
+        scale=scale,
+        return_logits=True,
+        progress=progress,
+        _runner=runner,
+    )
+    for key, maps in stitched:
+        maps = torch.from_numpy(maps)
+        num_labels = runner.num_labels
+        outputs = SimpleNamespace(logits=maps[None, :num_labels], nuclei_logits=None, hv_maps=None)
+        if runner.has_hv:
+            outputs.nuclei_logits = maps[None, num_labels : num_labels + 2]
+            outputs.hv_maps = maps[None, num_labels + 2 : num_labels + 4]
+        labels = maps[:num_labels].argmax(0).to(torch.uint8).numpy()
+        del maps
+        result = post_process(outputs, min_size=min_size)[0]
+        instances = result["segmentation"].numpy().astype(np.int32, copy=False)
+        yield key, InstancePrediction(instances, result["segments_info"], labels)

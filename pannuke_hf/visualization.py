@@ -50,6 +50,9 @@ __all__ = [
     "plot_patches_per_tissue",
     "summarize_patches",
     "plot_confusion_matrix",
+    "plot_instance_comparison",
+    "plot_tissue_pq",
+    "instance_classes",
     "plot_patch_grid",
     "plot_training_curves",
     "to_rgb_uint8",
@@ -233,8 +236,10 @@ def instance_outlines(
     Args:
         image: ``(H, W[, C])`` image.
         instance_map: ``(H, W)`` instance ids, 0 = no nucleus, 1..K (a 16-bit map is fine).
-        labels: optional class label (1-5) of instance ``k`` at position ``k - 1`` (the dataset's
-            ``instance_labels``); outlines are then drawn in the class colour.
+        labels: optional class label (1-5) of every instance: a sequence with the label of
+            instance ``k`` at position ``k - 1`` (the dataset's ``instance_labels``), a mapping
+            ``{id: label}``, or the post-processing's ``segments_info``; outlines are then drawn in
+            the class colour.
         color: outline colour when ``labels`` is None.
         thickness: outline width in pixels, drawn inside each nucleus.
 
@@ -251,8 +256,8 @@ def instance_outlines(
     if labels is None:
         rgb[edge] = color
         return rgb
-    lab = np.asarray(labels, dtype=np.int64).reshape(-1)
     top = int(ids.max(initial=0))
+    lab = instance_classes(labels, top)
     if top > len(lab):
         raise ValueError(f"instance_map holds id {top} but only {len(lab)} instance labels were given")
     # id k -> class of instance k (id 0 unused)
@@ -260,6 +265,26 @@ def instance_outlines(
     _check_labels(id_to_class[None, :], "labels")
     rgb[edge] = palette_lut()[id_to_class[ids[edge]]]
     return rgb
+
+
+def instance_classes(classes: Any, num_instances: int) -> np.ndarray:
+    """The class label of instances 1..``num_instances`` as an int64 array (item k-1 = instance k).
+
+    ``classes``: a sequence of labels (the dataset's ``instance_labels``), a mapping
+    ``{id: label}`` (ids without an entry get 0) or a list of ``segments_info`` dicts
+    (``{"id", "label_id", ...}``).
+    """
+    if isinstance(classes, Mapping):
+        pairs = {int(k): int(v) for k, v in classes.items()}
+    elif len(classes) and isinstance(classes[0], Mapping):
+        pairs = {int(s["id"]): int(s["label_id"]) for s in classes}
+    else:
+        return np.asarray(classes, dtype=np.int64).reshape(-1)
+    out = np.zeros(max([num_instances, *pairs]), dtype=np.int64)
+    for k, v in pairs.items():
+        if k >= 1:
+            out[k - 1] = v
+    return out
 
 
 def error_categories(pred: Any, ref: Any, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
@@ -671,5 +696,98 @@ def plot_nucleus_sizes(nuclei: Any, bins: int = 40) -> Any:
     ax.set_xlabel("nucleus area (µm²)")
     ax.set_ylabel("nuclei")
     ax.set_title("Nucleus size distribution")
+    fig.tight_layout()
+    return fig
+
+
+def plot_instance_comparison(
+    image: Any,
+    true_instances: Any,
+    true_classes: Any,
+    pred_instances: Any,
+    pred_classes: Any,
+    titles: Sequence[str] = ("image", "ground truth", "prediction"),
+    thickness: int = 1,
+    axes: Any = None,
+) -> Any:
+    """Image, ground-truth nuclei and predicted nuclei side by side, outlined in their class colours.
+
+    Args:
+        image: ``(H, W[, C])`` image.
+        true_instances, pred_instances: ``(H, W)`` instance maps (0 = no nucleus).
+        true_classes, pred_classes: class of each nucleus (see :func:`instance_classes`: the
+            dataset's ``instance_labels``, ``{id: label}`` or ``segments_info``).
+        titles: the three panel titles (nucleus counts are appended to the last two).
+        thickness: outline width in pixels.
+        axes: three matplotlib axes to draw into (default: a new 1x3 figure).
+
+    Returns:
+        the matplotlib ``Figure``.
+    """
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        fig, axes = plt.subplots(1, 3, figsize=(10, 3.8))
+    else:
+        fig = axes[0].figure
+    panels = [
+        (to_rgb_uint8(image), titles[0]),
+        (instance_outlines(image, true_instances, true_classes, thickness=thickness), titles[1]),
+        (instance_outlines(image, pred_instances, pred_classes, thickness=thickness), titles[2]),
+    ]
+    counts = [None, _count_nuclei(true_instances), _count_nuclei(pred_instances)]
+    for ax, (picture, title), count in zip(axes, panels, counts):
+        ax.imshow(picture)
+        ax.set_title(title if count is None else f"{title} ({count} nuclei)", fontsize=9)
+        ax.axis("off")
+    axes[-1].legend(
+        handles=legend_handles(range(1, NUM_LABELS)), loc="upper left", bbox_to_anchor=(1, 1), fontsize=7
+    )
+    fig.tight_layout()
+    return fig
+
+
+def _count_nuclei(instance_map: Any) -> int:
+    ids = _as_label_map(instance_map, "instance_map")
+    return int(np.count_nonzero(np.bincount(ids.ravel())[1:])) if ids.size else 0
+
+
+def plot_tissue_pq(
+    per_tissue: Mapping[str, Mapping[str, float]],
+    metrics: Sequence[str] = ("bPQ", "mPQ"),
+    ax: Any = None,
+) -> Any:
+    """Grouped horizontal bars of nucleus PQ per tissue, e.g. ``PanNukeInstanceMetrics().compute()["per_tissue"]``.
+
+    Args:
+        per_tissue: ``{tissue: {"bPQ": ..., "mPQ": ..., ...}}`` (fractions in [0, 1]; NaN = no
+            nucleus of that kind in the tissue's ground truth, drawn as an empty bar).
+        metrics: the keys drawn, one bar colour each.
+        ax: matplotlib axes (default: a new figure sized for the number of tissues).
+
+    Returns:
+        the matplotlib ``Figure``; each metric's tissue average (the headline, a nan-mean over
+        tissues) is drawn as a dashed line of the bar colour.
+    """
+    import matplotlib.pyplot as plt
+
+    tissues = sorted(per_tissue)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 0.35 * max(3, len(tissues)) + 1))
+    else:
+        fig = ax.figure
+    y = np.arange(len(tissues))
+    height = 0.8 / max(1, len(metrics))
+    for i, name in enumerate(metrics):
+        values = np.array([per_tissue[t].get(name, np.nan) for t in tissues], dtype=np.float64)
+        offset = (i - (len(metrics) - 1) / 2) * height
+        bars = ax.barh(y + offset, np.nan_to_num(values), height, label=name)
+        if np.isfinite(values).any():
+            ax.axvline(np.nanmean(values), color=bars.patches[0].get_facecolor(), linestyle="--", linewidth=1)
+    ax.set_yticks(y, tissues, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("panoptic quality")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

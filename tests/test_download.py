@@ -6,13 +6,15 @@ import functools
 import hashlib
 import http.server
 import threading
+import urllib.error
+import urllib.request
 
 import datasets
 import numpy as np
 import pytest
 
 import pannuke_hf  # noqa: F401  (registers the builder)
-from pannuke_hf.constants import DOWNLOAD_BASE_URL, FOLD_ZIP_NAMES
+from pannuke_hf.constants import DOWNLOAD_BASE_URL, FOLD_ZIP_NAMES, FOLD_ZIP_SHA256
 from pannuke_hf.data.download import (
     BASE_URL_ENV,
     PanNukeChecksumError,
@@ -20,6 +22,16 @@ from pannuke_hf.data.download import (
     download_fold_zips,
     resolve_base_url,
 )
+
+# The official release, written out from the PanNuke download page and a public loader's pins
+# (never read from the package).
+OFFICIAL_BASE_URL = "https://warwick.ac.uk/fac/cross_fac/tia/data/pannuke/"
+OFFICIAL_SHA256 = {
+    1: "6e19ad380300e8ce9480f9ab6a14cc91fa4b6a511609b40e3d70bdf9c881ed0b",
+    2: "5bc540cc509f64b5f5a274d6e5a245527dbd3e6d3155d43555115c5d54709b07",
+    3: "c14d372981c42f611ebc80afad01702b89cad8c1b3089daa31931cf5a4b1a39d",
+}
+OFFICIAL_ZIP_NAMES = {1: "fold_1.zip", 2: "fold_2.zip", 3: "fold_3.zip"}
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -48,9 +60,15 @@ def digests(raw_zips):
     }
 
 
+def test_the_constants_are_the_official_release():
+    assert DOWNLOAD_BASE_URL == OFFICIAL_BASE_URL
+    assert FOLD_ZIP_SHA256 == OFFICIAL_SHA256
+    assert FOLD_ZIP_NAMES == OFFICIAL_ZIP_NAMES
+
+
 def test_base_url_resolution(monkeypatch):
     monkeypatch.delenv(BASE_URL_ENV, raising=False)
-    assert resolve_base_url() == DOWNLOAD_BASE_URL
+    assert resolve_base_url() == OFFICIAL_BASE_URL
     monkeypatch.setenv(BASE_URL_ENV, "http://mirror.example/pannuke")
     assert resolve_base_url() == "http://mirror.example/pannuke/"
     assert resolve_base_url("http://other/x/") == "http://other/x/"
@@ -77,9 +95,38 @@ def test_checksum_mismatch_names_file_and_digests(zip_server, digests, tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["fold_1.zip"]  # no partial file left
 
 
-def test_official_checksums_reject_other_content(zip_server, tmp_path):
-    with pytest.raises(PanNukeChecksumError, match="fold_1.zip.*expected 6e19ad38"):
-        download_fold_zips(tmp_path, base_url=zip_server, folds=[1])
+@pytest.mark.parametrize("fold", [1, 2, 3])
+def test_official_checksums_reject_other_content(zip_server, tmp_path, fold):
+    # No sha256 given: each fold is checked against its official digest, in full.
+    with pytest.raises(PanNukeChecksumError) as info:
+        download_fold_zips(tmp_path, base_url=zip_server, folds=[fold])
+    assert f"{OFFICIAL_ZIP_NAMES[fold]} downloaded from {zip_server}{OFFICIAL_ZIP_NAMES[fold]}" in str(
+        info.value
+    )
+    assert f"expected {OFFICIAL_SHA256[fold]}," in str(info.value)
+
+
+def test_default_download_fetches_the_official_urls(monkeypatch, tmp_path):
+    """Without a base URL or $PANNUKE_BASE_URL, the official URLs are requested (offline: recorded)."""
+    monkeypatch.delenv(BASE_URL_ENV, raising=False)
+    requested = []
+
+    def offline_urlopen(url, *args, **kwargs):
+        requested.append(url if isinstance(url, str) else url.full_url)
+        raise urllib.error.URLError("offline test")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline_urlopen)
+    for fold in (1, 2, 3):
+        with pytest.raises(PanNukeDownloadError, match="offline test"):
+            download_fold_zips(tmp_path, folds=[fold])
+    assert requested == [OFFICIAL_BASE_URL + f"fold_{k}.zip" for k in (1, 2, 3)]
+    assert list(tmp_path.iterdir()) == []  # nothing left behind
+
+
+def test_builder_defaults_to_the_official_checksums(zip_server, tmp_path):
+    with pytest.raises(PanNukeChecksumError) as info:
+        datasets.load_dataset("pannuke_hf", cache_dir=str(tmp_path / "c"), base_url=zip_server)
+    assert f"expected {OFFICIAL_SHA256[1]}," in str(info.value)
 
 
 def test_missing_file_on_server_names_url(zip_server, tmp_path):

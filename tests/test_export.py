@@ -252,9 +252,9 @@ def test_cli_missing_data_dir_is_a_clear_error(tmp_path, capsys):
 
     missing = tmp_path / "no-such-folder"
     out = tmp_path / "out"
-    assert main(["--data-dir", str(missing), "--out", str(out)]) == 2
+    assert main(["--data-dir", str(missing), "--out", str(out)]) == 1  # a data error (pannuke_hf.errors)
     err = capsys.readouterr().err
-    assert str(missing) in err and "does not exist" in err
+    assert str(missing) in err and "--data-dir" in err and "no such folder" in err
     assert not out.exists()
 
 

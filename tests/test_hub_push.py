@@ -1,11 +1,19 @@
 """``--push_to_hub``: model + processor + card reach a Hub (a local test server) and load back;
-the token never lands in a file or a log."""
+the token never lands in a file or a log; a pushed repository holds the model code and its
+``auto_map`` and loads with ``trust_remote_code`` in a process that cannot import ``pannuke_hf``."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
+import sysconfig
+import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -15,6 +23,15 @@ import pannuke_hf  # noqa: F401 - registers the model classes
 from pannuke_hf.training.run import run
 
 REPO_ID = "pannuke-user/unet-fcn-tiny"
+MODEL_CODE_DIR = Path(pannuke_hf.__file__).resolve().parent / "models" / "unet_fcn"
+#: The files a pushed checkpoint needs for ``trust_remote_code`` (README, "Loading").
+CODE_FILES = ("configuration_unet_fcn.py", "modeling_unet_fcn.py", "image_processing_unet_fcn.py")
+#: Written out, not read from the package: what ``config.json`` / ``preprocessor_config.json`` must map.
+MODEL_AUTO_MAP = {
+    "AutoConfig": "configuration_unet_fcn.UNetFCNConfig",
+    "AutoModelForSemanticSegmentation": "modeling_unet_fcn.UNetFCNForSemanticSegmentation",
+}
+PROCESSOR_AUTO_MAP = {"AutoImageProcessor": "image_processing_unet_fcn.UNetFCNImageProcessor"}
 
 
 def tiny_argv(data_dir, out_dir, *extra: str) -> list[str]:
@@ -53,6 +70,12 @@ def test_push_round_trip_without_leaking_the_token(
         assert torch.equal(value, pushed.state_dict()[key]), key
     processor = AutoImageProcessor.from_pretrained(REPO_ID)
     assert processor.size["height"] == 32
+    if token_from == "environment":  # once is enough: the pushed files do not depend on it
+        remote_dir = tmp_path / "remote"
+        remote_dir.mkdir()
+        assert_repo_loads_with_remote_code(
+            hub_server, REPO_ID, local, AutoImageProcessor.from_pretrained(out), remote_dir
+        )
 
     # The card: licence, dataset, tags, library and the model-index with mIoU and mDice.
     card = hub_server.file_bytes(REPO_ID, "README.md").decode()
@@ -75,3 +98,147 @@ def test_push_round_trip_without_leaking_the_token(
     captured = capsys.readouterr()
     assert hub_server.token not in captured.out + captured.err
     assert hub_server.token not in caplog.text
+
+
+# ------------------------------------------------------------------------------------------
+# trust_remote_code from the Hub, in a process without pannuke_hf
+# ------------------------------------------------------------------------------------------
+
+# Runs with ``python -I -S``: no site hooks, so neither the editable install's ``.pth`` finder
+# nor the working directory is on the path; the bare site-packages folder is appended by hand
+# (appending does not run ``.pth`` files) and an import hook makes any ``pannuke_hf`` import fail.
+REMOTE_LOAD_SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, importlib.util, os, sys
+
+    sys.path.append(os.environ["SITE_PACKAGES"])
+    if importlib.util.find_spec("pannuke_hf") is not None:
+        raise SystemExit("pannuke_hf is importable in the remote-code process")
+
+
+    class _NoPannukeHf(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "pannuke_hf":
+                raise ImportError("pannuke_hf is blocked in this process: " + name)
+            return None
+
+
+    sys.meta_path.insert(0, _NoPannukeHf())
+
+    import torch
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
+
+    torch.set_num_threads(1)
+    repo_id, expected_path = sys.argv[1], sys.argv[2]
+    config = AutoConfig.from_pretrained(repo_id, trust_remote_code=True)
+    model = AutoModelForSemanticSegmentation.from_pretrained(repo_id, trust_remote_code=True).eval()
+    processor = AutoImageProcessor.from_pretrained(repo_id, trust_remote_code=True)
+    for obj in (config, model, processor):
+        module = type(obj).__module__
+        if not module.startswith("transformers_modules."):
+            raise SystemExit(f"{type(obj).__name__} came from {module}, not from the repository's code")
+    if any(name.split(".")[0] == "pannuke_hf" for name in sys.modules):
+        raise SystemExit("pannuke_hf was imported")
+
+    expected = torch.load(expected_path)
+    pixel_values = processor(expected["image"].numpy(), return_tensors="pt")["pixel_values"]
+    if not torch.equal(pixel_values, expected["pixel_values"]):
+        raise SystemExit("processor output differs from the original processor's")
+    with torch.no_grad():
+        outputs = model(pixel_values)
+    if not torch.equal(outputs.logits, expected["logits"]):
+        diff = (outputs.logits - expected["logits"]).abs().max().item()
+        raise SystemExit(f"logits differ from the original model's (max abs difference {diff})")
+    height, width = expected["image"].shape[:2]
+    segmentation = processor.post_process_semantic_segmentation(outputs, target_sizes=[(height, width)])[0]
+    if not torch.equal(segmentation, expected["segmentation"]):
+        raise SystemExit("post-processed segmentation differs from the original processor's")
+    print("REMOTE-CODE-OK", type(model).__module__, list(model.config.id2label.values()))
+    """
+)
+
+
+def assert_repo_loads_with_remote_code(hub_server, repo_id: str, model, processor, work_dir: Path) -> None:
+    """The pushed repository holds the model code and ``auto_map``, and loads without pannuke_hf.
+
+    Args:
+        hub_server: the fake Hub fixture the repository was pushed to.
+        repo_id: the pushed repository.
+        model, processor: the originals; the remote-code copies must give identical outputs.
+        work_dir: a folder for the expected outputs and the subprocess's caches.
+    """
+    for name in CODE_FILES:  # the package's own code, byte for byte
+        assert hub_server.file_bytes(repo_id, name) == (MODEL_CODE_DIR / name).read_bytes(), name
+    config = json.loads(hub_server.file_bytes(repo_id, "config.json"))
+    assert config["auto_map"] == MODEL_AUTO_MAP
+    assert config["model_type"] == "unet_fcn"
+    preprocessor = json.loads(hub_server.file_bytes(repo_id, "preprocessor_config.json"))
+    assert preprocessor["auto_map"] == PROCESSOR_AUTO_MAP
+
+    # Expected outputs of the originals, on one thread (the subprocess uses one too).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8))
+        pixel_values = processor(image.numpy(), return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            outputs = model.eval()(pixel_values)
+        segmentation = processor.post_process_semantic_segmentation(outputs, target_sizes=[(40, 48)])[0]
+    finally:
+        torch.set_num_threads(threads)
+    expected_path = work_dir / "expected.pt"
+    torch.save(
+        {
+            "image": image,
+            "pixel_values": pixel_values,
+            "logits": outputs.logits,
+            "segmentation": segmentation,
+        },
+        expected_path,
+    )
+
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(work_dir),
+        "SITE_PACKAGES": sysconfig.get_paths()["purelib"],
+        "HF_ENDPOINT": hub_server.endpoint,
+        "HF_TOKEN": hub_server.token,
+        "HF_HUB_OFFLINE": "0",
+        "TRANSFORMERS_OFFLINE": "0",
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HOME": str(work_dir / "remote_hf_home"),  # a fresh cache: everything comes from the Hub
+        "OMP_NUM_THREADS": "1",
+    }
+    before = len(hub_server.requests)
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", REMOTE_LOAD_SCRIPT, repo_id, str(expected_path)],
+        cwd=work_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert "REMOTE-CODE-OK transformers_modules." in done.stdout, done.stdout
+    fetched = {r.path.rsplit("/", 1)[-1] for r in hub_server.requests[before:] if "/resolve/" in r.path}
+    assert set(CODE_FILES) <= fetched  # the code really came from the Hub
+
+
+def test_model_and_processor_push_to_hub_load_with_remote_code(hub_server, tmp_path):
+    from pannuke_hf.models.unet_fcn import (
+        UNetFCNConfig,
+        UNetFCNForSemanticSegmentation,
+        UNetFCNImageProcessor,
+    )
+
+    torch.manual_seed(0)
+    config = UNetFCNConfig(base_channels=4, num_stages=2, encoder_num_convs=[2, 2], decoder_num_convs=[2],
+                           strides=[1, 1], downsamples=[True], encoder_dilations=[1, 1], decoder_dilations=[1])  # fmt: skip
+    model = UNetFCNForSemanticSegmentation(config).eval()
+    torch.nn.init.normal_(model.decode_head.classifier.weight, std=2.0)  # several classes predicted
+    processor = UNetFCNImageProcessor(size={"height": 32, "width": 32})
+    repo_id = "pannuke-user/unet-fcn-direct"
+    model.push_to_hub(repo_id)
+    processor.push_to_hub(repo_id)
+    assert_repo_loads_with_remote_code(hub_server, repo_id, model, processor, tmp_path)

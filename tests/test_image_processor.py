@@ -14,8 +14,13 @@ from transformers.modeling_outputs import SemanticSegmenterOutput
 from pannuke_hf import constants
 from pannuke_hf.models.unet_fcn import UNetFCNImageProcessor
 
-MEAN = np.asarray(constants.IMAGE_MEAN, dtype=np.float32)
-STD = np.asarray(constants.IMAGE_STD, dtype=np.float32)
+# The reference's pre-processing, written out (mmsegmentation fcn_unet_s5-d16 PanNuke config):
+# RGB mean / std on the 0-255 scale and the 512x512 input; never read from the package.
+REFERENCE_MEAN = (123.675, 116.28, 103.53)
+REFERENCE_STD = (58.395, 57.12, 57.375)
+REFERENCE_SIZE = 512
+MEAN = np.asarray(REFERENCE_MEAN, dtype=np.float32)
+STD = np.asarray(REFERENCE_STD, dtype=np.float32)
 
 
 def normalised(rgb) -> np.ndarray:
@@ -36,20 +41,32 @@ def processor() -> UNetFCNImageProcessor:
 
 
 def test_defaults_are_the_reference_preprocessing(processor):
-    assert (processor.size.height, processor.size.width) == (512, 512)
-    assert tuple(processor.image_mean) == constants.IMAGE_MEAN
-    assert tuple(processor.image_std) == constants.IMAGE_STD
+    assert (processor.size.height, processor.size.width) == (REFERENCE_SIZE, REFERENCE_SIZE)
+    assert tuple(processor.image_mean) == REFERENCE_MEAN
+    assert tuple(processor.image_std) == REFERENCE_STD
+    assert processor.do_resize and processor.do_normalize and not processor.do_rescale
+    # The constants the package injects are the same numbers.
+    assert constants.IMAGE_MEAN == REFERENCE_MEAN and constants.IMAGE_STD == REFERENCE_STD
+    assert constants.REFERENCE_INPUT_SIZE == REFERENCE_SIZE
+    # And the values it produces are those numbers applied: one uniform image, no resizing.
+    rgb = (10, 128, 250)
+    image = np.broadcast_to(np.asarray(rgb, dtype=np.uint8), (4, 4, 3)).copy()
+    expected = [(v - m) / s for v, m, s in zip(rgb, REFERENCE_MEAN, REFERENCE_STD)]
+    np.testing.assert_allclose(pixel(processor, image), expected, rtol=1e-6)
+    assert processor(image, return_tensors="np")["pixel_values"].shape == (1, 3, 512, 512)
 
 
-def test_the_standalone_file_defaults_equal_the_package_constants():
-    # The file copied next to checkpoints cannot import pannuke_hf; its own defaults must agree.
+def test_the_standalone_file_defaults_are_the_reference_preprocessing():
+    # The file copied next to checkpoints cannot import pannuke_hf; its own defaults must be the
+    # reference's too (a checkpoint loaded with trust_remote_code uses them).
     import pannuke_hf.models.unet_fcn.image_processing_unet_fcn as module
 
     spec = importlib.util.spec_from_file_location("standalone_image_processing_unet_fcn", module.__file__)
     standalone = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(standalone)
-    np.testing.assert_allclose(standalone.UNetFCNImageProcessor.image_mean, constants.IMAGE_MEAN, rtol=1e-7)
-    np.testing.assert_allclose(standalone.UNetFCNImageProcessor.image_std, constants.IMAGE_STD, rtol=1e-7)
+    assert tuple(standalone.UNetFCNImageProcessor.image_mean) == REFERENCE_MEAN
+    assert tuple(standalone.UNetFCNImageProcessor.image_std) == REFERENCE_STD
+    assert standalone.UNetFCNImageProcessor.size == {"height": REFERENCE_SIZE, "width": REFERENCE_SIZE}
 
 
 def test_rgb_pil_numpy_and_torch_agree(processor):

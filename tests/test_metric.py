@@ -463,3 +463,64 @@ def test_evaluate_load_by_path_offline_in_a_fresh_process(tmp_path):
     expected = reference_metrics(predictions, references, 3, 255)
     for name in ("folder", "file"):
         assert_same(out[name], expected)
+
+
+def test_evaluate_route_keeps_every_map_exactly():
+    """The evaluate metric stores each map as it is (dtype, shape, values): maps of several
+    dtypes and sizes, ids far outside uint16 / int32, bool maps and torch tensors, fed through
+    add / add_batch / compute, give the per-pixel definition's numbers."""
+    from pannuke_hf.metrics.mean_iou.mean_iou import decode_map, encode_map
+
+    rng = np.random.default_rng(12)
+    big = rng.integers(-(2**40), 2**40, size=(5, 6))
+    big[:2] = 2
+    samples = [
+        rng.integers(0, 4, (7, 8)).astype(np.uint8),
+        rng.integers(0, 2, (3, 3)).astype(bool),
+        rng.integers(-5, 70_000, (4, 9)).astype(np.int32),
+        rng.integers(0, 65_535, (6, 2)).astype(np.uint16),
+        big,
+        np.array([[1.0, 2.0], [3.0, 255.0]], dtype=np.float32),
+    ]
+    for sample in samples:
+        back = decode_map(encode_map(sample))
+        assert back.dtype == sample.dtype and back.shape == sample.shape
+        np.testing.assert_array_equal(back, sample)
+    assert decode_map(encode_map([[1, 2], [3, 4]])).tolist() == [[1, 2], [3, 4]]
+
+    predictions = [samples[0], samples[2], big, torch.from_numpy(samples[0].astype(np.int64))]
+    references = [
+        rng.choice([0, 1, 2, 3, 255], (7, 8)).astype(np.uint8),
+        rng.choice([0, 2, 70_000, -1, 255], (4, 9)),
+        rng.choice([1, 2, 2**35, 255], (5, 6)),
+        torch.from_numpy(rng.choice([0, 1, 3, 255], (7, 8))),
+    ]
+    as_numpy = [np.asarray(x) for x in predictions], [np.asarray(x) for x in references]
+    expected = reference_metrics(*as_numpy, 4, 255)
+    metric = MeanIoU()
+    assert_same(
+        metric.compute(predictions=predictions, references=references, num_labels=4, ignore_index=255),
+        expected,
+    )
+    metric.add(prediction=predictions[0], reference=references[0])
+    metric.add_batch(predictions=predictions[1:], references=references[1:])
+    assert_same(metric.compute(num_labels=4, ignore_index=255), expected)
+
+
+def test_evaluate_route_names_bad_maps():
+    metric = MeanIoU()
+    good = np.zeros((2, 3), dtype=np.int64)
+    with pytest.raises(
+        ValueError, match=r"predictions 1: expected a \(height, width\) map, got shape \(1, 2, 3\)"
+    ):
+        metric.add_batch(predictions=[good, good[None]], references=[good, good])
+    with pytest.raises(TypeError, match="references 0: expected a map of integer ids, got dtype <U1"):
+        metric.add_batch(predictions=[good], references=[np.array([["a"]])])
+    with pytest.raises(TypeError, match="predictions 0 is not a rectangular map"):
+        metric.add_batch(predictions=[[[1, 2], [3]]], references=[good])
+    fractional = good.astype(float)
+    fractional[0, 1] = 2.5
+    with pytest.raises(ValueError, match="prediction 1: expected integer class ids"):
+        metric.compute(
+            predictions=[good, fractional], references=[good, good], num_labels=3, ignore_index=255
+        )

@@ -216,7 +216,29 @@ def test_loss_with_every_pixel_ignored_is_zero_and_differentiable():
     output = model(torch.randn(1, 3, 32, 32), labels=torch.full((1, 32, 32), 255))
     assert output.loss.item() == 0.0
     output.loss.backward()
-    assert model.decode_head.classifier.weight.grad is not None
+    # Connected to the graph (a gradient exists) and nothing learnt: every gradient is exactly 0.
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, name
+        assert torch.count_nonzero(parameter.grad) == 0, name
+
+
+def test_loss_gradient_is_exactly_zero_at_ignored_pixels():
+    """d loss / d logits: 0 at ignored pixels, (softmax - one-hot) / kept pixels elsewhere."""
+    from pannuke_hf.models.unet_fcn.modeling_unet_fcn import semantic_segmentation_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 8, 8, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 4, (2, 8, 8))
+    labels[0, :3] = 255
+    labels[1, :, 5:] = 255
+    ignored = labels == 255
+    semantic_segmentation_loss(logits, labels, ignore_index=255).backward()
+    grad = logits.grad.permute(0, 2, 3, 1)  # (B, H, W, C)
+    assert torch.count_nonzero(grad[ignored]) == 0
+    kept = int((~ignored).sum())
+    one_hot = F.one_hot(labels[~ignored], 4).to(torch.float64)
+    expected = (logits.detach().softmax(dim=1).permute(0, 2, 3, 1)[~ignored] - one_hot) / kept
+    torch.testing.assert_close(grad[~ignored], expected, rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("weight", [0.4, 1.5])
@@ -410,7 +432,8 @@ def test_pipeline_returns_one_named_mask_per_class_present(saved_tiny):
     rng = np.random.default_rng(0)
     image = PIL.Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8))
     segmenter = pipeline("image-segmentation", model=str(path))
-    results = segmenter(image)
+    # the processor also has instance post-processing, which the pipeline prefers without a subtask
+    results = segmenter(image, subtask="semantic")
     # Expected: processor -> model -> logits resized to the image -> argmax.
     processor = UNetFCNImageProcessor(size={"height": 32, "width": 32})
     with torch.no_grad():
@@ -425,3 +448,40 @@ def test_pipeline_returns_one_named_mask_per_class_present(saved_tiny):
         mask = np.asarray(result["mask"])
         assert mask.shape == (48, 40)
         np.testing.assert_array_equal(mask == 255, prediction.numpy() == label)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_upsample_conv_first_equals_the_reference_order(mode):
+    """The decoder's upsampling applies its bias-free 1x1 conv before interpolating (cheaper);
+    the reference interpolates first. Both orders are linear maps, so they must agree (exactly
+    for nearest, to float rounding for bilinear), in train mode (batch statistics) and eval."""
+    from pannuke_hf.models.unet_fcn.modeling_unet_fcn import UNetFCNUpsample
+
+    torch.manual_seed(3)
+    upsample = UNetFCNUpsample(tiny_config(upsample_type=mode), 8, 4)
+    torch.nn.init.normal_(upsample.conv.weight)
+    hidden = torch.randn(2, 8, 5, 7)
+    for train in (True, False):
+        upsample.train(train)
+        expected = F.interpolate(
+            hidden, scale_factor=2.0, mode=mode, **({} if mode == "nearest" else {"align_corners": False})
+        )
+        expected = torch.relu(
+            F.batch_norm(
+                F.conv2d(expected, upsample.conv.weight), upsample.bn.running_mean.clone(),
+                upsample.bn.running_var.clone(), upsample.bn.weight, upsample.bn.bias, train, 0.0, upsample.bn.eps,
+            )
+        )  # fmt: skip
+        tolerance = {"rtol": 0, "atol": 0} if mode == "nearest" else {"rtol": 1e-5, "atol": 1e-5}
+        torch.testing.assert_close(upsample(hidden), expected, **tolerance)
+
+
+def test_cpu_inference_mode_forward_matches_plain_forward():
+    """Under torch.inference_mode the CPU forward runs channels-last: same logits."""
+    model = tiny_model(num_labels=3)
+    pixel_values = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        expected = model(pixel_values).logits
+    with torch.inference_mode():
+        got = model(pixel_values).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

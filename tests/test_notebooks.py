@@ -62,9 +62,11 @@ def test_notebooks_are_stored_without_outputs(name):
 def test_exploration_notebook_runs(tmp_path, monkeypatch):
     notebook = execute("01_explore_pannuke.ipynb", tmp_path, monkeypatch)
     assert not [out for out in outputs(notebook) if out.output_type == "error"]
-    # patch grid, patches per tissue, class composition, nucleus sizes, instance outlines
-    assert count_images(notebook) == 5
+    # patch grid, patches per tissue, class composition, nucleus sizes, instance outlines,
+    # true vs recovered nucleus outlines, per-tissue PQ bars
+    assert count_images(notebook) == 7
     text = all_text(notebook)
+    assert "bPQ" in text and "mPQ" in text
     # the statistics table names every class correctly
     for name in constants.CLASS_FULL_NAMES:
         assert f"| {name} |" in text, name
@@ -75,12 +77,15 @@ def test_exploration_notebook_runs(tmp_path, monkeypatch):
 def test_train_evaluate_predict_notebook_runs(tmp_path, monkeypatch):
     notebook = execute("02_train_evaluate_predict.ipynb", tmp_path, monkeypatch, timeout=900)
     assert not [out for out in outputs(notebook) if out.output_type == "error"]
-    # curves, confusion matrix, IoU/Dice bars, predictions vs ground truth, error maps, tiled mosaic
-    assert count_images(notebook) == 6
+    # curves, confusion matrix, IoU/Dice bars, predictions vs ground truth, error maps, tiled mosaic,
+    # true vs predicted nucleus outlines, per-tissue PQ bars
+    assert count_images(notebook) == 8
     output = tmp_path / "output"
     assert (output / "trainer_state.json").is_file() and (output / "model.safetensors").is_file()
     assert (output / "predictions" / "mosaic_labels.png").is_file()
+    for suffix in ("instances.png", "nuclei.csv", "nuclei.geojson"):
+        assert (output / "predictions" / f"mosaic_{suffix}").is_file(), suffix
     text = all_text(notebook)
-    assert "mIoU" in text
+    assert "mIoU" in text and "bPQ" in text and "F1_detection" in text
     for name in constants.CLASS_NAMES:  # the class-count table of `pannuke-hf predict`
         assert name in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -200,6 +201,10 @@ def test_tiny_image_is_padded_and_cropped_back():
     )
     single = predict_image(net, None, np.full((1, 1, 3), 120, np.uint8), tile_size=16)
     assert single.shape == (1, 1)
+    # a 1x1 image is repeated to the tile (it cannot be reflected): the result is the prediction
+    # of a constant 16x16 image at any of its pixels away from the borders
+    constant = direct_logits(net, np.full((16, 16, 3), 120, np.uint8))
+    assert single[0, 0] == constant[:, 8, 8].argmax()
 
 
 def test_grey_rgba_and_16bit_inputs_match_their_rgb_equivalent():
@@ -233,11 +238,56 @@ class StrideNet(LocalNet):
         return SimpleNamespace(logits=F.avg_pool2d(self.body(pixel_values), 2))
 
 
+class PointStrideNet(torch.nn.Module):
+    """A fixed 1x1 conv (the logits of a pixel are a known function of its colour), evaluated at half
+    resolution after refusing inputs that are not multiples of its stride 8."""
+
+    #: logits = WEIGHTS @ rgb (0-1) + BIAS, per pixel
+    WEIGHTS = np.array([[4, 0, 0], [0, 4, 0], [0, 0, 4], [2, 2, 0], [-1, 3, 1], [0, 1, -2]], dtype=np.float32)
+    BIAS = np.array([0.1, -0.2, 0.3, 0.0, 0.5, -0.4], dtype=np.float32)
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, constants.NUM_LABELS, 1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.from_numpy(self.WEIGHTS)[:, :, None, None])
+            self.conv.bias.copy_(torch.from_numpy(self.BIAS))
+        self.config = SimpleNamespace(num_labels=constants.NUM_LABELS, output_stride=8)
+
+    def forward(self, pixel_values):
+        h, w = pixel_values.shape[-2:]
+        if h % 8 or w % 8:
+            raise AssertionError(f"input {h}x{w} is not a multiple of 8")
+        return SimpleNamespace(logits=F.avg_pool2d(self.conv(pixel_values), 2))
+
+
 def test_inputs_padded_to_the_model_stride_and_logits_resized():
     net = StrideNet().eval()
     labels = predict_image(net, None, random_tissue(45, 61, seed=2), tile_size=27, overlap=5)
     assert labels.shape == (45, 61)
     assert labels.max() < constants.NUM_LABELS
+
+
+def test_stride_padding_and_resizing_give_the_known_logits():
+    """Two colour halves through a model whose logits are known per colour: away from the colour
+    edge (where the half-resolution output blurs) every stitched logit is exactly the expected one,
+    so tiles, stride padding (bottom/right) and the crop back are aligned."""
+    left, right = np.array([200, 30, 90]), np.array([20, 180, 240])
+    image = np.zeros((45, 61, 3), np.uint8)
+    image[:, :30], image[:, 30:] = left, right
+    got = predict_logits(PointStrideNet().eval(), None, image, tile_size=27, overlap=5)
+    expect_left = PointStrideNet.WEIGHTS @ (left / 255.0) + PointStrideNet.BIAS
+    expect_right = PointStrideNet.WEIGHTS @ (right / 255.0) + PointStrideNet.BIAS
+    np.testing.assert_allclose(
+        got[:, :, :26], np.broadcast_to(expect_left[:, None, None], (6, 45, 26)), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        got[:, :, 34:], np.broadcast_to(expect_right[:, None, None], (6, 45, 27)), atol=1e-5
+    )
+    single = predict_logits(PointStrideNet().eval(), None, np.full((1, 1, 3), 120, np.uint8), tile_size=16)
+    np.testing.assert_allclose(
+        single[:, 0, 0], PointStrideNet.WEIGHTS @ np.full(3, 120 / 255.0) + PointStrideNet.BIAS, atol=1e-5
+    )
 
 
 def test_bad_pixels_raise_with_a_clear_message():
@@ -402,9 +452,9 @@ def test_predict_command_bad_model_path_and_options(input_tree, tmp_path, capsys
     rc = main(
         ["--model", str(tmp_path / "no_model"), str(input_tree / "tiny.png"), "--out", str(tmp_path / "o")]
     )
-    assert rc == 2
+    assert rc == 1  # a data error (pannuke_hf.errors)
     err = capsys.readouterr().err
-    assert "cannot load the model" in err and "no_model" in err
+    assert "--model" in err and "no_model" in err and "no such folder" in err
 
 
 @pytest.mark.parametrize("input_size", [128, 512])
@@ -423,3 +473,272 @@ def test_one_patch_matches_the_processor_and_model(input_size):
         0
     ].numpy()
     np.testing.assert_allclose(ours, reference, atol=1e-4 * np.abs(reference).max())
+
+
+# ---------------------------------------------------------------------------------------------
+# Nuclei: tiled instance prediction and `predict --instances` / `--format pannuke`
+# ---------------------------------------------------------------------------------------------
+
+RED, BLUE, BACKGROUND = (255, 0, 0), (0, 0, 255), (150, 230, 150)
+
+
+class ColourNet(torch.nn.Module):
+    """Pointwise (1x1) model with known output: red pixels are neoplastic (1), blue ones connective
+    (3), the rest background. With ``hv=True`` it is a distance-map model reading its nucleus map
+    from red and its horizontal / vertical maps from the green / blue channels (value = 2 x - 1)."""
+
+    def __init__(self, hv: bool = False):
+        super().__init__()
+        self.hv = hv
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.config = SimpleNamespace(num_labels=constants.NUM_LABELS, id2label=dict(constants.ID2LABEL))
+
+    def forward(self, pixel_values):
+        r, g, b = pixel_values[:, 0:1], pixel_values[:, 1:2], pixel_values[:, 2:3]
+        zero = torch.zeros_like(r) - 10
+        if self.hv:
+            logits = torch.cat([10 * (1 - r), 10 * r, zero, zero, zero, zero], 1)
+            nuclei = torch.cat([10 * (1 - r), 10 * r], 1)
+            return SimpleNamespace(
+                logits=logits, nuclei_logits=nuclei, hv_maps=torch.cat([2 * g - 1, 2 * b - 1], 1)
+            )
+        logits = torch.cat([10 * g, 10 * r, zero, 10 * b, zero, zero], 1)
+        return SimpleNamespace(logits=logits)
+
+
+def painted(shape, discs):
+    """An image with discs ((row, col), radius, colour) on the background, and their instance map."""
+    from skimage.draw import disk
+
+    image = np.zeros((*shape, 3), np.uint8)
+    image[:] = BACKGROUND
+    truth = np.zeros(shape, np.int32)
+    for k, (centre, radius, colour) in enumerate(discs, start=1):
+        rr, cc = disk(centre, radius, shape=shape)
+        image[rr, cc] = colour
+        truth[rr, cc] = k
+    return image, truth
+
+
+def hv_image(truth):
+    """Encode the distance maps of ``truth`` (from their definition) in green / blue, nuclei in red."""
+    image = np.zeros((*truth.shape, 3), np.uint8)  # offsets -1 outside nuclei: must be ignored
+    rows, cols = np.indices(truth.shape)
+    for k in np.unique(truth[truth > 0]):
+        inside = truth == k
+        for channel, coords in ((1, cols), (2, rows)):
+            offset = coords[inside] - coords[inside].mean()
+            image[..., channel][inside] = np.round((offset / np.abs(offset).max() + 1) / 2 * 255)
+    image[..., 0] = np.where(truth > 0, 255, 0)
+    return image
+
+
+def same_nuclei(pred: np.ndarray, truth: np.ndarray) -> bool:
+    """Equal partitions up to the numbering."""
+    pairs = np.unique(np.stack([pred.ravel(), truth.ravel()]), axis=1)
+    return len(pairs[0]) == len(np.unique(pred)) == len(np.unique(truth))
+
+
+def test_nuclei_on_tile_borders_are_found_once():
+    from pannuke_hf.inference import predict_instances
+
+    tile, overlap = 96, 32  # tile starts at 0, 64, 128, ...: seams inside every overlap
+    discs = [
+        ((40, 96), 9, RED),  # across the right edge of the first tile
+        ((96, 30), 7, BLUE),  # across the bottom edge
+        ((160, 158), 10, RED),  # across both, in the overlap of four tiles
+        ((20, 20), 6, BLUE),  # inside one tile
+    ]
+    image, truth = painted((230, 250), discs)
+    calls = []
+    instances, segments = predict_instances(
+        ColourNet(), None, image, tile_size=tile, overlap=overlap, progress=lambda d, t: calls.append((d, t))
+    )
+    assert instances.dtype == np.int32 and instances.shape == truth.shape
+    assert len(segments) == 4 and same_nuclei(instances, truth)
+    classes = {int(truth[instances == s["id"]][0]): s["label_id"] for s in segments}
+    assert classes == {1: 1, 2: 3, 3: 1, 4: 3}
+    n_tiles = len(plan_tiles(230, 250, tile, overlap).corners)
+    assert calls[-1] == (n_tiles, n_tiles) and len(calls) == -(-n_tiles // 8)
+
+
+def test_touching_nuclei_across_a_seam_are_two_with_both_paths():
+    from pannuke_hf.inference import predict_instances
+
+    image, truth = painted((200, 200), [((60, 88), 9, RED), ((60, 104), 9, RED)])  # seam at x = 96
+    instances, _ = predict_instances(ColourNet(), None, image, tile_size=96, overlap=32)
+    assert instances.max() == 2
+    for k in (1, 2):
+        ids, counts = np.unique(instances[truth == k], return_counts=True)
+        assert counts.max() / counts.sum() > 0.9
+    # distance-map model, maps stitched across tiles: one round red disc centred on the seam made of
+    # two nuclei (left and right half) is one nucleus for the semantic path, two for the hv path
+    _, whole = painted((200, 200), [((60, 96), 12, RED)])
+    halves = np.where((whole > 0) & (np.indices(whole.shape)[1] >= 96), 2, whole)
+    image = hv_image(halves)
+    semantic, _ = predict_instances(
+        ColourNet(), None, np.where(whole[..., None] > 0, RED, BACKGROUND).astype(np.uint8), 96, 32
+    )
+    assert semantic.max() == 1
+    instances, segments = predict_instances(ColourNet(hv=True), None, image, tile_size=96, overlap=32)
+    assert len(segments) == 2 and [s["label_id"] for s in segments] == [1, 1]
+    for k in (1, 2):
+        ids, counts = np.unique(instances[halves == k], return_counts=True)
+        assert counts.max() / counts.sum() > 0.9
+
+
+@pytest.fixture
+def colour_model(monkeypatch):
+    """`pannuke-hf predict` loading the ColourNet (whose nuclei are known) for any --model."""
+    import pannuke_hf.commands.predict as predict
+
+    monkeypatch.setattr(predict, "load_model", lambda name, device: (ColourNet(), None))
+
+
+def test_predict_instances_command_writes_png_csv_geojson(colour_model, tmp_path, capsys):
+    import json
+
+    from pannuke_hf.commands.predict import main
+    from pannuke_hf.exports import read_instance_png
+
+    discs = [((40, 96), 9, RED), ((96, 30), 7, BLUE), ((160, 158), 10, RED), ((200, 60), 8, BLUE)]
+    image, truth = painted((230, 250), discs)
+    Image.fromarray(image).save(tmp_path / "large.png")
+    empty, _ = painted((40, 40), [])
+    Image.fromarray(empty).save(tmp_path / "empty.png")
+    out = tmp_path / "out"
+    argv = ["--model", "m", str(tmp_path / "large.png"), str(tmp_path / "empty.png"), "--out", str(out)]
+    assert main([*argv, "--instances", "--tile-size", "96", "--overlap", "32"]) == 0
+    instances = read_instance_png(out / "large_instances.png")
+    with Image.open(out / "large_instances.png") as im:
+        assert im.mode in ("I;16", "I")
+    assert same_nuclei(instances, truth) and instances.max() == 4
+    with open(out / "large_nuclei.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["id"]) for r in rows] == [1, 2, 3, 4]
+    rows_by_truth = {int(truth[instances == int(r["id"])][0]): r for r in rows}
+    for k, ((cy, cx), _, colour) in enumerate(discs, start=1):
+        row = rows_by_truth[k]
+        assert row["class"] == ("neoplastic" if colour == RED else "connective")
+        assert int(row["area"]) == int((truth == k).sum())
+        # a disc drawn around pixel (cy, cx): centroid at its pixel centre
+        assert float(row["centroid_x"]) == pytest.approx(cx + 0.5, abs=0.05)
+        assert float(row["centroid_y"]) == pytest.approx(cy + 0.5, abs=0.05)
+    collection = json.loads((out / "large_nuclei.geojson").read_text())
+    assert collection["type"] == "FeatureCollection" and len(collection["features"]) == 4
+    names = sorted(f["properties"]["classification"]["name"] for f in collection["features"])
+    assert names == ["Connective", "Connective", "Neoplastic", "Neoplastic"]
+    assert read_instance_png(out / "empty_instances.png").max() == 0
+    assert json.loads((out / "empty_nuclei.geojson").read_text())["features"] == []
+    with open(out / "nuclei_counts.csv", newline="") as fh:
+        counts = {r["name"]: r for r in csv.DictReader(fh)}
+    assert counts["large"]["nuclei"] == "4" and counts["large"]["neoplastic"] == "2"
+    assert counts["large"]["connective"] == "2" and counts["empty"]["nuclei"] == "0"
+    # the label maps are still written
+    assert (out / "large_labels.png").is_file() and (out / "large_overlay.png").is_file()
+
+
+def raw_fold(root, fold, images, masks, tissues):
+    """Write a raw PanNuke fold (``Fold k/images/foldk/images.npy`` ...) and return its folder."""
+    paths = constants.raw_relpaths(fold)
+    for key, array in (("images", images), ("masks", masks), ("types", np.asarray(tissues))):
+        path = root / paths[key]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, array)
+    return root / constants.fold_dir_name(fold)
+
+
+def test_predict_format_pannuke_writes_the_release_array_of_a_fold(colour_model, tmp_path, capsys):
+    from pannuke_hf.commands.predict import main
+
+    rng = np.random.default_rng(0)
+    images, masks = [], []
+    for _ in range(3):
+        discs = [
+            ((int(y), int(x)), 8, RED if rng.random() < 0.5 else BLUE)
+            for y, x in rng.uniform(20, 236, (4, 2))
+        ]
+        image, truth = painted((256, 256), discs)
+        images.append(image.astype(np.float64))  # the release stores float64
+        mask = np.zeros((256, 256, 6))
+        for k, (_, _, colour) in enumerate(discs, start=1):
+            mask[..., 0 if colour == RED else 2][truth == k] = k  # channel 0 neoplastic, 2 connective
+        mask[..., 5] = truth == 0
+        masks.append(mask)
+    fold_dir = raw_fold(tmp_path / "raw", 3, np.stack(images), np.stack(masks), ["Breast", "Colon", "Breast"])
+    out = tmp_path / "pred.npy"
+    assert main(["--model", "m", "--fold-dir", str(fold_dir), "--format", "pannuke", "--out", str(out)]) == 0
+    pred = np.load(out)
+    assert pred.shape == (3, 256, 256, 6)
+    for i in range(3):
+        for channel in range(5):
+            # the same nuclei in the same class channel as the truth (ids may differ)
+            assert same_nuclei(pred[i, :, :, channel], masks[i][:, :, channel].astype(np.int64)), (i, channel)
+        assert np.array_equal(pred[i, :, :, 5] == 1, masks[i][:, :, 5] == 1)
+    score = pytest.importorskip("pannuke_hf.commands.score")
+    assert (
+        score.main(
+            ["--true", str(fold_dir), "--pred", str(out), "--out", str(tmp_path / "scores"), "--no-progress"]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "bPQ" in printed and "mPQ" in printed
+    scores = json.loads((tmp_path / "scores" / "scores.json").read_text())
+    found = [v for k, v in _flatten(scores) if k.endswith("bPQ")]
+    assert found and all(v == pytest.approx(1.0, abs=1e-4) for v in found)
+
+
+def _flatten(obj, prefix=""):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _flatten(v, f"{prefix}{k}.")
+    elif isinstance(obj, (int, float)):
+        yield prefix.rstrip("."), obj
+
+
+def test_predict_instance_options_are_checked(colour_model, tmp_path, capsys):
+    from pannuke_hf.commands.predict import main
+
+    image, _ = painted((40, 40), [])
+    Image.fromarray(image).save(tmp_path / "a.png")
+    assert main(["--model", "m", "--fold-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "--format pannuke" in capsys.readouterr().err
+    assert (
+        main(["--model", "m", str(tmp_path / "a.png"), "--format", "pannuke", "--out", str(tmp_path / "o")])
+        == 2
+    )
+    assert ".npy" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "--model",
+                "m",
+                "--fold-dir",
+                str(tmp_path / "none"),
+                "--format",
+                "pannuke",
+                "--out",
+                str(tmp_path / "p.npy"),
+            ]
+        )
+        == 2
+    )
+    assert "none" in capsys.readouterr().err
+    assert main(["--model", "m", "--out", str(tmp_path / "o")]) == 2
+    # image files of several sizes cannot share one release array: the error names the image
+    Image.fromarray(painted((50, 40), [])[0]).save(tmp_path / "b.png")
+    rc = main(
+        [
+            "--model",
+            "m",
+            str(tmp_path / "a.png"),
+            str(tmp_path / "b.png"),
+            "--format",
+            "pannuke",
+            "--out",
+            str(tmp_path / "p.npy"),
+        ]
+    )
+    assert rc == 1 and "image 1 has size" in capsys.readouterr().err
+    assert not (tmp_path / "p.npy").exists()

@@ -177,6 +177,23 @@ def test_integer_dtypes_convert_like_float64():
     )
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fractional_image_values_round_to_nearest_with_halves_to_even(dtype):
+    """The documented rule: float pixels are rounded to the nearest integer, exact halves to the
+    even neighbour (IEEE round-half-even, numpy's rint): 12.5 -> 12, 13.5 -> 14. Expected values
+    are literals worked out by hand from that rule (truncation or half-up would differ)."""
+    values = [12.5, 12.49, 12.51, 13.5, 254.6, 254.5, 0.4, 0.5, 1.5, 0.0, 255.0, 99.999, 100.2]
+    expected = [12, 12, 13, 14, 255, 254, 0, 0, 2, 0, 255, 100, 100]
+    image = np.zeros((H, W, 3), dtype=dtype)
+    image[0, : len(values), 0] = values
+    image[1, 0] = [127.5, 128.5, 200.7]
+    out = raw.convert_image(image, "images.npy", 0)
+    assert out.dtype == np.uint8
+    assert out[0, : len(values), 0].tolist() == expected
+    assert out[1, 0].tolist() == [128, 128, 201]
+    assert not out[2:].any()
+
+
 def test_generated_folds_match_reference_loop(raw_root, raw_fold_sizes):
     """Every quirk patch of the generated release, against the per-pixel loop."""
     files = raw.fold_files(raw_root, 1)
@@ -405,4 +422,70 @@ def test_bad_patch_values_name_file_and_index(tmp_path, kind, message):
     index, _ = next(it)  # patch 0 is fine
     assert index == 0
     with pytest.raises(PanNukeDataError, match=message):
+        next(it)
+
+
+# --------------------------------------------------------------------------------------------
+# The fast conversion path and the patch reader (added for speed): same results as the
+# per-pixel loop where the fast path hands over to the general one, and for every file layout
+# --------------------------------------------------------------------------------------------
+
+
+def test_large_ids_and_integer_dtypes_match_reference_loop():
+    """Ids past the fast path's lookup-table limit (2**16), up to the largest accepted id, and
+    masks of other integer dtypes, against the per-pixel loop."""
+    mask = blank_mask()
+    add_nucleus(mask, 0, 70_000, 0, 10, 0, 10)
+    add_nucleus(mask, 2, 2**31 - 1, 20, 30, 0, 10)
+    add_nucleus(mask, 2, 3, 25, 40, 5, 15)  # overlaps the previous one in the same channel
+    add_nucleus(mask, 4, 65_535, 50, 60, 50, 60)
+    for dtype in (np.float64, np.int64, np.uint32):
+        got = raw.convert_mask(mask.astype(dtype), "m.npy", 0)
+        for a, b in zip(got, reference_conversion(mask)):
+            np.testing.assert_array_equal(a, b, err_msg=str(dtype))
+    small = blank_mask()
+    add_nucleus(small, 4, 65_535, 50, 60, 50, 60)  # largest id the fast path takes
+    add_nucleus(small, 1, 1, 0, 5, 0, 5)
+    for dtype in (np.uint16, np.int32, np.float32):
+        for a, b in zip(raw.convert_mask(small.astype(dtype), "m.npy", 0), reference_conversion(small)):
+            np.testing.assert_array_equal(a, b, err_msg=str(dtype))
+
+
+def test_integer_ids_beyond_int32_are_refused_not_wrapped():
+    """An int64 id of 2**32 + 5 must not be read as 5 (what a 32-bit cast would make of it)."""
+    mask = blank_mask().astype(np.int64)
+    add_nucleus(mask, 1, 2**32 + 5, 0, 10, 0, 10)
+    with pytest.raises(PanNukeDataError, match=r"m\.npy': patch 7: mask holds instance ids above 2147483647"):
+        raw.convert_mask(mask, "m.npy", 7)
+
+
+def test_fortran_order_and_big_endian_files_read_like_c_order(tmp_path):
+    images, masks, types = tiny_fold_arrays(3, seed=4)
+    add_nucleus(masks[2], 3, 1234, 100, 140, 30, 60)
+    expected = list(raw.iter_patches(write_fold(tmp_path / "c", 1, images, masks, types), 0, 3))
+    for name, convert_array in (
+        ("fortran", np.asfortranarray),
+        ("big_endian", lambda a: a.astype(a.dtype.newbyteorder(">"))),
+    ):
+        files = write_fold(tmp_path / name, 1, images, masks, types)
+        np.save(files.images, convert_array(images))
+        np.save(files.masks, convert_array(masks))
+        assert len(raw.open_fold(files)) == 3
+        got = list(raw.iter_patches(files, 1, 3))  # a range not starting at 0
+        assert [i for i, _ in got] == [1, 2]
+        for (_, a), (_, b) in zip(got, expected[1:]):
+            for key in ("image", "semantic", "instance"):
+                np.testing.assert_array_equal(getattr(a, key), getattr(b, key), err_msg=f"{name} {key}")
+            assert (a.instance_labels, a.instance_raw_ids) == (b.instance_labels, b.instance_raw_ids)
+
+
+def test_truncated_masks_file_is_named_with_the_patch(tmp_path):
+    images, masks, types = tiny_fold_arrays(3)
+    files = write_fold(tmp_path, 1, images, masks, types)
+    it = raw.iter_patches(files, 0, 3)
+    next(it)  # the files are opened and checked here
+    with open(files.masks, "r+b") as handle:  # the file shrinks while it is being read
+        handle.truncate(files.masks.stat().st_size - 1000)
+    next(it)
+    with pytest.raises(PanNukeDataError, match=r"masks\.npy': patch 2: file ends early"):
         next(it)

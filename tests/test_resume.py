@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -53,6 +55,76 @@ CHILD = textwrap.dedent(
 )
 
 
+def wait_for_line(process: subprocess.Popen, prefix: str, timeout: float) -> list[str]:
+    """Read ``process``'s stdout until a line starts with ``prefix``; return the lines read.
+
+    The lines are read by a thread, so the wait ends after ``timeout`` seconds even when the
+    process prints nothing at all (a blocking ``for line in stdout`` would wait for ever).
+
+    Raises:
+        TimeoutError: no such line within ``timeout`` seconds (the last lines are in the message).
+        EOFError: the process closed its output first.
+    """
+    lines: queue.Queue = queue.Queue()
+
+    def pump() -> None:
+        for line in process.stdout:
+            lines.put(line)
+        lines.put(None)  # end of output
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise TimeoutError(
+                f"no line starting with {prefix!r} within {timeout} s; last output:\n" + "".join(seen[-30:])
+            ) from None
+        if line is None:
+            raise EOFError(f"the process closed its output before {prefix!r}:\n" + "".join(seen[-30:]))
+        seen.append(line)
+        if line.startswith(prefix):
+            return seen
+
+
+def test_waiting_for_a_silent_process_times_out():
+    # A child that prints nothing and outlives the wait: the wait must give up on time.
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        with pytest.raises(TimeoutError, match="no line starting with 'SAVED' within 1.0 s"):
+            wait_for_line(child, "SAVED", timeout=1.0)
+        assert child.poll() is None  # it gave up while the child was still running
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+
+
+def test_waiting_for_a_process_that_exits_early_says_so():
+    child = subprocess.Popen(
+        [sys.executable, "-c", "print('starting'); print('crashed')"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        with pytest.raises(EOFError, match="closed its output before 'SAVED'"):
+            wait_for_line(child, "SAVED", timeout=120.0)
+    finally:
+        child.wait(timeout=60)
+    child = subprocess.Popen(
+        [sys.executable, "-c", "print('a'); print('SAVED 4')"], stdout=subprocess.PIPE, text=True
+    )
+    assert wait_for_line(child, "SAVED", timeout=120.0) == ["a\n", "SAVED 4\n"]
+    child.wait(timeout=60)
+
+
 def _history(out_dir: Path) -> list[dict]:
     return json.loads((out_dir / "trainer_state.json").read_text())["log_history"]
 
@@ -96,18 +168,13 @@ def test_sigkill_then_resume_matches_uninterrupted_run(raw_root, tmp_path):
         text=True,
         env=env,
     )
-    deadline = time.monotonic() + 300
-    lines = []
     try:
-        for line in child.stdout:
-            lines.append(line)
-            if line.startswith("SAVED"):
-                break
-            assert time.monotonic() < deadline, "child did not reach checkpoint-4"
-        else:
-            pytest.fail("child exited before checkpoint-4:\n" + "".join(lines[-30:]))
+        # Times out even if the child hangs without printing anything.
+        wait_for_line(child, "SAVED", timeout=600)
         os.kill(child.pid, signal.SIGKILL)
     finally:
+        if child.poll() is None:
+            child.kill()
         child.wait(timeout=60)
     assert child.returncode == -signal.SIGKILL
     assert (killed / "checkpoint-4").is_dir()

@@ -17,9 +17,30 @@ CONFIGS = sorted(
 )
 
 
-def reference_lr(step: int, lr0: float) -> float:
-    """The reference formula, written out independently: (lr0 - 1e-4) * (1 - t/20000)^0.9 + 1e-4."""
-    return (lr0 - 1e-4) * (1 - step / 20000) ** 0.9 + 1e-4
+#: lr(t) = (lr0 - 1e-4) * (1 - t/19999)^0.9 + 1e-4 (mmengine's PolyLR(eta_min=1e-4, power=0.9, begin=0,
+#: end=20000) divides by end - begin - 1), evaluated independently with mpmath at 30 digits and
+#: written here as literals. Step 20000 (past the end) stays at the floor.
+REFERENCE_LRS: dict[float, dict[int, float]] = {
+    0.01: {
+        0: 0.01,
+        1: 0.0099995544766100044,
+        440: 0.0098037527949625822,
+        10000: 0.0054050398894814829,
+        19998: 0.00010133268571401455,
+        19999: 0.0001,
+        20000: 0.0001,
+    },
+    0.001: {
+        0: 0.001,
+        1: 0.00099995949787363676,
+        440: 0.00098215934499659838,
+        10000: 0.00058227635358922572,
+        19998: 0.0001001211532467286,
+        19999: 0.0001,
+        20000: 0.0001,
+    },
+    0.0001: dict.fromkeys((0, 1, 440, 10000, 19998, 19999, 20000), 0.0001),
+}
 
 
 def test_three_reference_configs_exist():
@@ -27,7 +48,7 @@ def test_three_reference_configs_exist():
     assert lrs == [0.0001, 0.001, 0.01]
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)`:UserWarning")
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_config_builds_reference_optimizer_and_schedule(config, tmp_path):
     # The flag overrides the file (no eval dataset in this unit test).
@@ -50,15 +71,30 @@ def test_config_builds_reference_optimizer_and_schedule(config, tmp_path):
     # Weight decay on every parameter, BatchNorm and bias included, as the reference.
     assert sum(p.numel() for p in group["params"]) == sum(p.numel() for p in model.parameters())
 
-    lr0 = args.learning_rate
+    expected = REFERENCE_LRS[args.learning_rate]
     seen = {}
     for step in range(20001):
-        if step in (0, 1, 1000, 19999, 20000):
+        if step in expected:
             seen[step] = optimizer.param_groups[0]["lr"]
         scheduler.step()  # (no optimizer.step(): only the LR matters here; keeps the test fast)
     for step, lr in seen.items():
-        assert math.isclose(lr, reference_lr(step, lr0), rel_tol=1e-12), (step, lr)
-    assert math.isclose(seen[20000], 1e-4, rel_tol=1e-12)
+        assert math.isclose(lr, expected[step], rel_tol=1e-12), (step, lr, expected[step])
+    # The last iteration (t = 19999) runs at exactly the floor.
+    assert seen[19999] == pytest.approx(1e-4, rel=1e-15, abs=0)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_reference_configs_do_not_clip_gradients(config, tmp_path):
+    """The reference trains with clip_grad=None; Trainer clips only when max_grad_norm > 0."""
+    args = parse_arguments([str(config), "--output_dir", str(tmp_path)])[2]
+    assert args.max_grad_norm == 0, args.max_grad_norm
+
+
+def test_poly_lr_function_matches_reference_literals():
+    for lr0, values in REFERENCE_LRS.items():
+        for step, lr in values.items():
+            assert math.isclose(poly_lr(step, lr0, 20000), lr, rel_tol=1e-12), (lr0, step)
+    assert poly_lr(0, 0.05, 1) == 0.05  # a one-step run trains at lr0 (nothing to divide by)
 
 
 def test_floor_equal_to_lr0_is_flat():

@@ -120,7 +120,7 @@ def test_cli_void_ignored(raw_root, raw_fold_sizes, capsys):
 
 def test_cli_unknown_split(raw_root, capsys):
     assert stats_cmd.main(["--data-dir", str(raw_root), "--split", "test"]) == 2
-    assert "unknown split(s) ['test']" in capsys.readouterr().err
+    assert "--split test: the splits without --scheme are fold1, fold2, fold3" in capsys.readouterr().err
 
 
 def _label_dataset(maps: list[np.ndarray]) -> datasets.Dataset:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from PIL import Image
+from sklearn.model_selection import train_test_split
 from transformers import AutoModelForSemanticSegmentation
 
 import pannuke_hf  # noqa: F401 - registers the model classes
@@ -32,13 +34,69 @@ def tiny_argv(data_dir, out_dir, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def background_only_checkpoint(path) -> None:
+    """A tiny checkpoint that predicts background everywhere, and still does after a few steps.
+
+    The classifier's weights are 0 and its background bias exceeds the others by 100: four SGD
+    steps at lr 0.01 move a logit by far less than that (each gradient entry of the 1x1
+    classifier is bounded by the feature magnitude), so the evaluated model's argmax stays 0.
+    """
+    torch.manual_seed(0)
+    config = UNetFCNConfig(base_channels=4, num_stages=2, encoder_num_convs=[2, 2], decoder_num_convs=[2],
+                           strides=[1, 1], downsamples=[True], encoder_dilations=[1, 1], decoder_dilations=[1],
+                           head_dropout=0.0)  # fmt: skip
+    model = UNetFCNForSemanticSegmentation(config)
+    with torch.no_grad():
+        model.decode_head.classifier.weight.zero_()
+        model.decode_head.classifier.bias.copy_(torch.tensor([100.0, 0.0, 0.0, 0.0, 0.0, 0.0]))
+    model.save_pretrained(path)
+
+
+def background_only_scores(raw_root, fold_sizes: dict[int, int]) -> dict[str, float]:
+    """The metrics of an all-background prediction on the reference validation split, from the
+    raw masks and the definitions alone (scikit-learn's split; label = last class channel set, 0
+    where none; IoU / Dice / accuracy from areas summed over the split, absent classes skipped)."""
+    ids = sorted(f"fold{k}_{i:04d}" for k, n in fold_sizes.items() for i in range(n))
+    validation = train_test_split(ids, test_size=0.2, random_state=0)[1]
+    background = total = 0
+    present = set()
+    for patch in validation:
+        fold, index = int(patch[4]), int(patch[6:])
+        masks = np.load(raw_root / f"Fold {fold}" / "masks" / f"fold{fold}" / "masks.npy", mmap_mode="r")
+        label = np.zeros((256, 256), dtype=np.int64)
+        for channel in range(5):
+            label[masks[index, :, :, channel] != 0] = channel + 1
+        present |= set(np.unique(label).tolist())
+        background += int((label == 0).sum())
+        total += label.size
+    n = len(present)  # the background prediction adds no class the references lack
+    return {
+        "num_images": len(validation),
+        "mean_iou": (background / total) / n,
+        "mean_dice": (2 * background / (background + total)) / n,
+        "overall_accuracy": background / total,
+        "mean_accuracy": 1.0 / n,
+        "num_classes": n,
+    }
+
+
 def test_training_run_end_to_end(raw_root, raw_fold_sizes, tmp_path):
     out = tmp_path / "run"
-    metrics = run(tiny_argv(raw_root, out, "--prediction_figure_samples", "2"))
+    background_only_checkpoint(tmp_path / "start")
+    metrics = run(
+        tiny_argv(
+            raw_root, out, "--prediction_figure_samples", "2", "--model_name_or_path", str(tmp_path / "start")
+        )
+    )
 
     n_val = reference_split_sizes(sum(raw_fold_sizes.values()))[1]
     assert metrics["eval_num_images"] == n_val  # every validation image scored once
-    assert 0.0 <= metrics["eval_mean_iou"] <= 1.0
+    # The evaluated model predicts background everywhere: its scores are known exactly.
+    expected = background_only_scores(raw_root, raw_fold_sizes)
+    assert expected["num_images"] == n_val and expected["num_classes"] > 1  # not a trivial 1.0
+    for key in ("mean_iou", "mean_dice", "overall_accuracy", "mean_accuracy"):
+        assert metrics[f"eval_{key}"] == pytest.approx(expected[key], rel=1e-9), key
+    assert metrics["eval_iou_neoplastic"] == 0.0 and metrics["eval_acc_background"] == 1.0
 
     results = json.loads((out / "results.json").read_text())
     assert results["split"] == "validation" and results["num_images"] == n_val
@@ -109,6 +167,6 @@ def test_wrong_label_count_checkpoint_is_a_clear_error(raw_root, tmp_path, capsy
     status = main(
         tiny_argv(raw_root, tmp_path / "out", "--model_name_or_path", str(tmp_path / "three_labels"))
     )
-    assert status == 2
+    assert status == 1  # a model that does not fit the data (pannuke_hf.errors)
     err = capsys.readouterr().err
     assert "3 labels" in err and "PanNuke has 6" in err

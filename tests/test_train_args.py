@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 from pannuke_hf.training.arguments import parse_arguments
-from pannuke_hf.training.run import main
+from pannuke_hf.training.run import default_argv, main
+
+DEMO_YAML = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
 def test_yaml_values_and_flag_override(tmp_path):
@@ -47,11 +51,58 @@ def test_bad_split_scheme(tmp_path):
 def test_missing_data_dir_is_a_clear_error(tmp_path, capsys):
     missing = tmp_path / "no_such_folder"
     status = main(["--data_dir", str(missing), "--output_dir", str(tmp_path / "out"), "--use_cpu", "true"])
-    assert status == 2
+    assert status == 1  # a data error (pannuke_hf.errors)
     err = capsys.readouterr().err
     assert "no_such_folder" in err and "does not exist" in err
 
 
 def test_no_data_at_all_is_a_clear_error(tmp_path, capsys):
-    assert main(["--output_dir", str(tmp_path / "out"), "--use_cpu", "true"]) == 2
+    config = tmp_path / "empty.yaml"
+    config.write_text("# no data_dir, no synthetic_data\n")
+    assert main([str(config), "--output_dir", str(tmp_path / "out"), "--use_cpu", "true"]) == 2
     assert "--data_dir" in capsys.readouterr().err
+
+
+def test_flags_alone_override_the_demo_config(tmp_path):
+    demo = yaml.safe_load(DEMO_YAML.read_text())  # read here, independently of the parser
+    data_args, model_args, args = parse_arguments(
+        default_argv(["--torch_num_threads", "1", "--max_steps", "3"])
+    )
+    assert args.torch_num_threads == 1 and args.max_steps == 3  # the flags win ...
+    assert data_args.synthetic_data is True and demo["synthetic_data"] is True  # ... over the demo
+    assert data_args.image_size == demo["image_size"] and model_args.base_channels == demo["base_channels"]
+    assert args.learning_rate == demo["learning_rate"] and args.output_dir == demo["output_dir"]
+    assert args.max_grad_norm == demo["max_grad_norm"]
+    # No arguments at all: the demo as written.
+    data_args, _, args = parse_arguments(default_argv([]))
+    assert args.max_steps == demo["max_steps"] and args.torch_num_threads == demo["torch_num_threads"]
+    # A configuration file given: the demo is not involved.
+    config = tmp_path / "run.yaml"
+    config.write_text("image_size: 64\n")
+    data_args, _, args = parse_arguments(default_argv([str(config), "--output_dir", str(tmp_path)]))
+    assert data_args.synthetic_data is False and data_args.image_size == 64 and args.max_steps == -1
+
+
+def test_data_dir_flag_alone_reads_data_instead_of_generating(tmp_path):
+    data_args, _, _ = parse_arguments(default_argv(["--data_dir", str(tmp_path)]))
+    assert data_args.data_dir == str(tmp_path) and data_args.synthetic_data is False
+    data_args, _, _ = parse_arguments(default_argv([f"--data_dir={tmp_path}", "--synthetic_data", "true"]))
+    assert data_args.synthetic_data is True
+
+
+def test_train_py_with_one_flag_runs_the_demo(tmp_path, monkeypatch, capsys):
+    """`python train.py --torch_num_threads 1` (shortened with more flags): the demo runs."""
+    monkeypatch.setenv("PANNUKE_HF_DEMO_CACHE", str(tmp_path / "demo-cache"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    out = tmp_path / "demo_output"
+    argv = [
+        "--torch_num_threads", "1", "--max_steps", "2", "--synthetic_patches_per_fold", "3",
+        "--dataloader_num_workers", "0", "--dataloader_persistent_workers", "false",
+        "--prediction_figure_samples", "0", "--output_dir", str(out),
+        "--dataset_cache_dir", str(tmp_path / "datasets-cache"),
+    ]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["synthetic_data"] is True and results["image_size"] == 128
+    assert (out / "model.safetensors").is_file()
+    assert list((tmp_path / "demo-cache").glob("raw-3-0-*/Fold 3"))  # generated inside tmp_path

@@ -15,7 +15,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_demo_reaches_70_percent_miou(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    # Every cache inside tmp_path: the generated folds ($PANNUKE_HF_DEMO_CACHE, keyed on the
+    # generator's code) and the Arrow dataset (HF_DATASETS_CACHE); nothing under ~/.cache.
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PANNUKE_HF_DEMO_CACHE": str(tmp_path / "demo-cache"),
+        "HF_DATASETS_CACHE": str(tmp_path / "datasets-cache"),
+    }
     done = subprocess.run(
         [sys.executable, str(REPO / "train.py")],
         cwd=tmp_path,
@@ -25,6 +33,8 @@ def test_demo_reaches_70_percent_miou(tmp_path):
         timeout=3600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    assert list((tmp_path / "demo-cache").glob("raw-40-0-*/Fold 1"))
+    assert any((tmp_path / "datasets-cache").iterdir())
     out = tmp_path / "demo_output"
     results = json.loads((out / "results.json").read_text())
     assert results["split"] == "validation" and results["synthetic_data"] is True

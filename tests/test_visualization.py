@@ -201,3 +201,43 @@ def test_summarize_patches_counts_pixels_nuclei_and_areas():
     assert nuclei["class"].tolist() == ["neoplastic", "dead", "neoplastic"]
     assert nuclei["area_px"].tolist() == [6, 16, 1]
     assert np.allclose(nuclei["area_um2"], np.array([6, 16, 1]) * constants.MICRONS_PER_PIXEL**2)
+
+
+def test_instance_outlines_accept_segments_info_and_mappings():
+    ids = np.zeros((20, 20), dtype=np.int32)
+    ids[2:8, 2:8] = 1
+    ids[10:18, 10:18] = 2
+    image = np.full((20, 20, 3), 200, np.uint8)
+    segments = [{"id": 1, "label_id": 3, "score": 0.9}, {"id": 2, "label_id": 5, "score": 0.8}]
+    from_segments = vis.instance_outlines(image, ids, segments)
+    assert (from_segments[2, 2:8] == constants.PALETTE[3]).all()  # top edge of nucleus 1
+    assert (from_segments[10, 10:18] == constants.PALETTE[5]).all()
+    assert (from_segments[5, 5] == 200).all()  # inside: untouched
+    assert np.array_equal(from_segments, vis.instance_outlines(image, ids, {1: 3, 2: 5}))
+    assert np.array_equal(from_segments, vis.instance_outlines(image, ids, [3, 5]))
+    with pytest.raises(ValueError, match="id 2"):
+        vis.instance_outlines(image, ids, [3])
+
+
+def test_instance_comparison_and_tissue_pq_figures():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ids = np.zeros((20, 20), dtype=np.int32)
+    ids[2:8, 2:8] = 1
+    pred = np.zeros_like(ids)
+    pred[3:8, 2:9] = 1
+    pred[12:15, 12:15] = 2
+    fig = vis.plot_instance_comparison(np.zeros((20, 20, 3), np.uint8), ids, [1], pred, {1: 1, 2: 4})
+    titles = [ax.get_title() for ax in fig.axes[:3]]
+    assert titles == ["image", "ground truth (1 nuclei)", "prediction (2 nuclei)"]
+    shown = fig.axes[2].images[0].get_array()
+    assert tuple(shown[12, 12]) == constants.PALETTE[4]
+    per_tissue = {"Colon": {"bPQ": 0.6, "mPQ": 0.4}, "Breast": {"bPQ": 0.7, "mPQ": float("nan")}}
+    fig = vis.plot_tissue_pq(per_tissue)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["Breast", "Colon"]
+    widths = [round(p.get_width(), 6) for p in ax.patches]
+    assert widths == [0.7, 0.6, 0.0, 0.4]  # bPQ bars, then mPQ bars (NaN drawn empty)
+    means = sorted(round(line.get_xdata()[0], 6) for line in ax.lines)
+    assert means == [0.4, 0.65]

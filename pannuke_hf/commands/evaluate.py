@@ -11,16 +11,21 @@ import os
 import sys
 from pathlib import Path
 
+from ._common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, InputError, check_data_dir, check_model_source, error
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's argument parser."""
     parser = argparse.ArgumentParser(
         prog="pannuke-hf evaluate",
-        description="Score a segmentation checkpoint on a PanNuke split (mIoU, mDice, per-class table).",
+        description="Score a segmentation checkpoint on a PanNuke split (mIoU, mDice, per-class table; "
+        "mPQ, bPQ, F1_d for nuclei).",
     )
     parser.add_argument("--model", required=True, help="checkpoint folder or Hub id")
     parser.add_argument("--data-dir", required=True, help="folder with the raw folds (Fold k/ or fold_k.zip)")
-    parser.add_argument("--split", default="validation", help="train, validation or (fold schemes) test")
+    parser.add_argument(
+        "--split", default="validation", help="train, validation or (fold1/fold2/fold3 schemes) test"
+    )
     parser.add_argument(
         "--split-scheme",
         default="reference",
@@ -38,12 +43,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", default=None, help="datasets cache folder")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU")
+    parser.add_argument(
+        "--nuclei",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="also score nuclei (mPQ, bPQ, F1_d); auto: when the model has an instance head",
+    )
+    parser.add_argument(
+        "--nuclei-from",
+        choices=["auto", "hv", "watershed", "components"],
+        default="auto",
+        help="how nuclei are made: the hv head (auto when present), else the semantic map split by "
+        "a watershed, or plain connected components",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command; returns 0, or 2 with a message on bad input."""
-    args = build_parser().parse_args(argv)
+    """Run the command; returns 0, 1 when data or model cannot be used, 2 for a bad command line."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for option, value in (("--batch-size", args.batch_size), ("--image-size", args.image_size)):
+        if value is not None and value < 1:
+            parser.error(f"{option} must be >= 1, got {value}")
+    if args.max_samples is not None and args.max_samples < 1:
+        parser.error(f"--max-samples must be >= 1, got {args.max_samples}")
+    splits = ("train", "validation") if args.split_scheme == "reference" else ("train", "validation", "test")
+    if args.split not in splits:
+        parser.print_usage(sys.stderr)
+        error(
+            parser.prog,
+            f"--split {args.split}: --split-scheme {args.split_scheme} has the splits {', '.join(splits)}",
+        )
+        return EXIT_USAGE
+    try:
+        check_model_source(args.model)
+        check_data_dir(args.data_dir)
+    except InputError as err:
+        error(parser.prog, err)
+        return EXIT_FAILURE
     out = args.out or str(
         Path(args.model) / f"eval-{args.split}" if Path(args.model).is_dir() else f"eval-{args.split}"
     )
@@ -62,15 +100,17 @@ def main(argv: list[str] | None = None) -> int:
             cache_dir=args.cache_dir,
             num_workers=args.num_workers,
             use_cpu=args.cpu,
+            instance_metrics={"auto": None, "yes": True, "no": False}[args.nuclei],
+            instance_mode=args.nuclei_from,
         )
-    except (ValueError, FileNotFoundError, KeyError) as error:
+    except (ValueError, OSError, KeyError) as err:
         if os.environ.get("PANNUKE_HF_TRACEBACK"):
             raise
-        print(f"pannuke-hf evaluate: error: {error}", file=sys.stderr)
-        return 2
+        error(parser.prog, err)
+        return EXIT_FAILURE
     if "results" in metrics:
         print(f"wrote {out}/results.json and {out}/results.md")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

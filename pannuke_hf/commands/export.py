@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from ..data.export import DEFAULT_MAX_SHARD_SIZE
+from ._common import EXIT_FAILURE, InputError, check_data_dir, error, void_label
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-proc", type=int, default=None, help="processes for the build")
     parser.add_argument(
         "--void-label",
-        type=int,
+        type=void_label,
         default=0,
         help="label of void pixels: 0 (background, as the reference) or 255 (ignored)",
     )
@@ -64,6 +65,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.private and not args.push_to_hub:
         parser.error("--private only applies with --push-to-hub REPO")
+    if args.num_proc is not None and args.num_proc < 1:
+        parser.error(f"--num-proc must be >= 1, got {args.num_proc}")
+    from datasets.utils.py_utils import convert_file_size_to_int
+
+    try:
+        shard_bytes = convert_file_size_to_int(args.max_shard_size)
+    except ValueError:
+        shard_bytes = 0
+    if shard_bytes <= 0:
+        parser.error(
+            f"--max-shard-size {args.max_shard_size}: expected a size such as 500MB, 1GB or a byte count"
+        )
+    try:
+        check_data_dir(args.data_dir)
+    except InputError as err:
+        error(parser.prog, err)
+        return EXIT_FAILURE
 
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -97,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             void_label=args.void_label,
         )
     except (FileNotFoundError, FileExistsError, NotADirectoryError, PanNukeDataError, ValueError) as err:
-        print(f"pannuke-hf export: error: {err}", file=sys.stderr)
-        return 2
+        error(parser.prog, err)
+        return EXIT_FAILURE
 
     print(f"PanNuke exported to {result.out_dir}\n")
     print("| split | patches | shards |\n|---|--:|--:|")

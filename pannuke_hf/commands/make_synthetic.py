@@ -38,6 +38,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="make every patch ordinary (no empty, void, overlap, split-id patch)",
     )
+    parser.add_argument(
+        "--touching",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability of a touching same-class pair of nuclei per 2x2 block of grid cells "
+        "(about P/2 of the nuclei touch one; default 0: nuclei never touch)",
+    )
     return parser
 
 
@@ -46,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.patches_per_fold < 1:
         _parser().error("--patches-per-fold must be >= 1")
+    if not 0.0 <= args.touching <= 1.0:
+        _parser().error(f"--touching must lie in [0, 1], got {args.touching}")
     from ..data.synthetic import make_synthetic_folds
 
     start = time.perf_counter()
@@ -56,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         as_zip=args.zip,
         folds=args.folds,
         quirks=not args.no_quirks,
+        touching=args.touching,
     )
     total = args.patches_per_fold * len(args.folds)
     kind = "zips" if args.zip else "folders"

@@ -1,14 +1,27 @@
-"""``pannuke-hf predict``: label maps, colour overlays and class pixel counts for image files.
+"""``pannuke-hf predict``: label maps, colour overlays, class pixel counts and nuclei for image files.
 
-Example::
+Examples::
 
     pannuke-hf predict --model runs/unet_fcn INPUT_DIR other.tif --out predictions/
+    pannuke-hf predict --model runs/unet_fcn slide_crop.tif --instances --out predictions/
+    pannuke-hf predict --model runs/unet_fcn --fold-dir "raw/Fold 3" --format pannuke --out fold3_pred.npy
 
 For every readable image ``NAME`` it writes ``NAME_labels.png`` (uint8 label values 0-5) and
 ``NAME_overlay.png`` (the package palette blended over the image), and one ``class_counts.csv``
 for all images. Folders are searched recursively for PNG, JPEG and TIFF files; their sub-folders
 are mirrored under ``--out``. An unreadable file prints one error line naming it, the other files
 are still processed, and the exit code is 1 at the end.
+
+``--instances`` also writes, per image, the nuclei (see ``docs/instances.md``):
+``NAME_instances.png`` (16-bit nucleus ids, 0 = none), ``NAME_nuclei.csv`` (one row per nucleus:
+id, class, centroid, area, bounding box, score) and ``NAME_nuclei.geojson`` (QuPath detections),
+plus one ``nuclei_counts.csv`` (nuclei per class per image). Large images are tiled and the
+stitched maps post-processed once, so a nucleus on a tile border is one nucleus.
+
+``--format pannuke`` writes the nuclei of all inputs (image files, all of one size, in the order
+listed, or the patches of a raw fold's ``images.npy`` with ``--fold-dir``) into one
+release-format array (N, H, W, 6) at ``--out`` (a ``.npy`` file), which ``pannuke-hf score`` and
+the official evaluation read.
 """
 
 from __future__ import annotations
@@ -23,6 +36,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ._common import EXIT_FAILURE, InputError, check_model_source
+
 #: File extensions collected from folders (lower case).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -34,12 +49,39 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predict PanNuke label maps, overlays and class pixel counts for images of any size.",
     )
     p.add_argument(
-        "inputs", nargs="+", metavar="INPUT", help="image files (PNG/JPEG/TIFF) or folders (recursive)"
+        "inputs", nargs="*", metavar="INPUT", help="image files (PNG/JPEG/TIFF) or folders (recursive)"
     )
     p.add_argument(
         "--model", required=True, help="checkpoint folder (save_pretrained: model + processor) or Hub id"
     )
-    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="output folder (with --format pannuke: the .npy file to write)",
+    )
+    p.add_argument(
+        "--instances",
+        action="store_true",
+        help="also write nuclei per image: NAME_instances.png (16-bit), NAME_nuclei.csv, NAME_nuclei.geojson",
+    )
+    p.add_argument(
+        "--format",
+        choices=("files", "pannuke"),
+        default="files",
+        help="files (default): per-image files in --out; pannuke: one release-format (N, H, W, 6) "
+        "array of all inputs' nuclei at --out, for `pannuke-hf score`",
+    )
+    p.add_argument(
+        "--fold-dir",
+        type=Path,
+        default=None,
+        help="predict the patches of a raw PanNuke fold (a folder holding images.npy, e.g. 'Fold 3', "
+        "or the images.npy file) instead of image files; use with --format pannuke",
+    )
+    p.add_argument(
+        "--min-size", type=int, default=10, help="nuclei with fewer pixels are dropped (default 10, at 40x)"
+    )
     p.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass (default 8)")
     p.add_argument(
         "--tile-size",
@@ -145,6 +187,114 @@ def load_model(name: str, device: str | None) -> tuple[Any, Any]:
     return model, processor
 
 
+def _check_instance_options(args: argparse.Namespace) -> str | None:
+    """The usage error of the instance / release options, or None."""
+    if args.min_size < 0:
+        return "--min-size must be >= 0"
+    if args.fold_dir is not None and args.format != "pannuke":
+        return "--fold-dir writes a release-format array: add --format pannuke"
+    if args.fold_dir is not None and args.inputs:
+        return "give image INPUTs or --fold-dir, not both"
+    if args.fold_dir is None and not args.inputs:
+        return "no INPUT given (image files, folders, or --fold-dir with --format pannuke)"
+    if args.format == "pannuke" and args.out.suffix != ".npy":
+        return f"--format pannuke writes one array: --out must be a .npy file, got {str(args.out)!r}"
+    return None
+
+
+def open_fold_images(fold_dir: Path) -> np.ndarray:
+    """Memory-map the ``images.npy`` of a raw fold: the file itself, or the one file under the folder.
+
+    Raises:
+        ValueError: no or several ``images.npy`` under the folder, or an unreadable / misshaped array.
+    """
+    path = Path(fold_dir)
+    if path.is_dir():
+        found = sorted(path.rglob("images.npy"))
+        if len(found) != 1:
+            what = (
+                "no images.npy"
+                if not found
+                else f"{len(found)} images.npy files ({', '.join(map(str, found))})"
+            )
+            raise ValueError(f"--fold-dir {str(path)!r}: expected one raw fold, found {what}")
+        path = found[0]
+    elif not path.is_file():
+        raise ValueError(f"--fold-dir {str(path)!r}: no such folder or file")
+    try:
+        images = np.lib.format.open_memmap(path, mode="r")
+    except Exception as err:  # bad magic, truncated file, ...
+        raise ValueError(f"{str(path)!r} is not a readable .npy array: {err}") from err
+    if images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] == 0:
+        raise ValueError(f"{str(path)!r}: expected images of shape (N, H, W, 3), got {images.shape}")
+    return images
+
+
+def write_nuclei_files(
+    target: Path, instances: np.ndarray, segments: list[dict], id2label: dict, num_labels: int
+) -> list[int]:
+    """Write ``TARGET_instances.png``, ``TARGET_nuclei.csv`` and ``TARGET_nuclei.geojson``.
+
+    Returns the number of nuclei of each label 0..num_labels-1.
+    """
+    from ..exports import nuclei_geojson, nuclei_records, write_geojson, write_instance_png, write_nuclei_csv
+
+    write_instance_png(instances, f"{target}_instances.png")
+    write_nuclei_csv(nuclei_records(instances, segments, id2label), f"{target}_nuclei.csv")
+    write_geojson(nuclei_geojson(instances, segments, id2label), f"{target}_nuclei.geojson")
+    return np.bincount([s["label_id"] for s in segments], minlength=num_labels).tolist()[:num_labels]
+
+
+def predict_release(
+    args: argparse.Namespace,
+    model: Any,
+    processor: Any,
+    files: list[tuple[Path, str]],
+    fold_images: np.ndarray | None,
+) -> int:
+    """``--format pannuke``: the nuclei of every input as one release-format array at ``args.out``."""
+    from tqdm.auto import tqdm
+
+    from ..data.raw import convert_image
+    from ..exports import write_release_array
+    from ..inference import predict_instances_keyed
+
+    count = len(fold_images) if fold_images is not None else len(files)
+    if fold_images is not None:
+        source = Path(fold_images.filename)
+        items = ((i, convert_image(fold_images[i], source, i)) for i in range(count))
+    else:
+        items = ((i, read_image(path)) for i, (path, _) in enumerate(files))
+    progress = tqdm(total=count, desc="predict", unit="image", disable=args.no_progress, file=sys.stderr)
+
+    def predictions():
+        found = predict_instances_keyed(
+            model,
+            processor,
+            items,
+            tile_size=args.tile_size,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            scale=args.scale,
+            min_size=args.min_size,
+        )
+        for _, nuclei in found:
+            progress.update(1)
+            yield nuclei.instances, nuclei.segments_info
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        shape = write_release_array(args.out, predictions(), num_images=count)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        args.out.unlink(missing_ok=True)
+        return 1
+    finally:
+        progress.close()
+    print(f"release-format predictions {shape} written to {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``pannuke-hf predict``; returns 0 when every input was processed, 1 otherwise."""
     args = build_parser().parse_args(argv)
@@ -160,32 +310,56 @@ def main(argv: list[str] | None = None) -> int:
     if tile < 1 or (args.overlap is not None and not 0 <= args.overlap < tile):
         print(f"error: need --tile-size >= 1 and 0 <= --overlap < tile size ({tile})", file=sys.stderr)
         return 2
+    usage = _check_instance_options(args)
+    if usage:
+        print(f"error: {usage}", file=sys.stderr)
+        return 2
+
+    try:
+        check_model_source(args.model)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
 
     from tqdm.auto import tqdm
 
     from ..constants import CLASS_NAMES, NUM_LABELS
-    from ..inference import predict_keyed
+    from ..inference import predict_instances_keyed, predict_keyed
     from ..visualization import overlay
 
-    files, missing = collect_inputs(args.inputs)
+    fold_images = None
+    if args.fold_dir is not None:
+        try:
+            fold_images = open_fold_images(args.fold_dir)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        files, missing = [], []
+    else:
+        files, missing = collect_inputs(args.inputs)
     failures = 0
     for raw, reason in missing:
         print(f"error: {raw}: {reason}", file=sys.stderr)
         failures += 1
-    if not files:
+    if not files and fold_images is None:
         print("error: no images to process", file=sys.stderr)
+        return 1
+    if args.format == "pannuke" and failures:
+        print("error: --format pannuke needs every input (the array is indexed by input)", file=sys.stderr)
         return 1
 
     try:
         model, processor = load_model(args.model, args.device)
     except (OSError, ValueError, RuntimeError) as err:
         print(f"error: cannot load the model {args.model!r}: {err}", file=sys.stderr)
-        return 2
+        return EXIT_FAILURE
     num_labels = int(getattr(model.config, "num_labels", NUM_LABELS))
     id2label = getattr(model.config, "id2label", None) or {}
     class_names = [
         str(id2label.get(i, CLASS_NAMES[i] if i < NUM_LABELS else f"label_{i}")) for i in range(num_labels)
     ]
+    if args.format == "pannuke":
+        return predict_release(args, model, processor, files, fold_images)
 
     args.out.mkdir(parents=True, exist_ok=True)
     images: dict[str, np.ndarray] = {}  # images in flight, kept for their overlay
@@ -205,17 +379,22 @@ def main(argv: list[str] | None = None) -> int:
             yield (path, name), rgb
 
     rows: list[list[Any]] = []
-    results = predict_keyed(
-        model,
-        processor,
-        readable(),
-        tile_size=args.tile_size,
-        overlap=args.overlap,
-        batch_size=args.batch_size,
-        scale=args.scale,
-    )
+    nucleus_rows: list[list[Any]] = []
+    tiling = {
+        "tile_size": args.tile_size,
+        "overlap": args.overlap,
+        "batch_size": args.batch_size,
+        "scale": args.scale,
+    }
+    if args.instances:
+        found = predict_instances_keyed(model, processor, readable(), min_size=args.min_size, **tiling)
+        results = ((key, nuclei.labels, nuclei) for key, nuclei in found)
+    else:
+        results = (
+            (key, labels, None) for key, labels in predict_keyed(model, processor, readable(), **tiling)
+        )
     try:
-        for (path, name), labels in results:
+        for (path, name), labels, nuclei in results:
             rgb = images.pop(name)
             target = args.out / name
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -223,9 +402,20 @@ def main(argv: list[str] | None = None) -> int:
             Image.fromarray(overlay(rgb, labels, alpha=args.alpha)).save(f"{target}_overlay.png")
             counts = np.bincount(labels.ravel(), minlength=num_labels)
             rows.append([str(path), name, labels.shape[0], labels.shape[1], *counts.tolist()])
+            if nuclei is not None:
+                per_class = write_nuclei_files(
+                    target, nuclei.instances, nuclei.segments_info, dict(enumerate(class_names)), num_labels
+                )
+                nucleus_rows.append([str(path), name, len(nuclei.segments_info), *per_class[1:]])
             progress.update(1)
     finally:
         progress.close()
+
+    if args.instances:
+        with open(args.out / "nuclei_counts.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["image", "name", "nuclei", *class_names[1:]])
+            writer.writerows(nucleus_rows)
 
     with open(args.out / "class_counts.csv", "w", newline="") as fh:
         writer = csv.writer(fh)

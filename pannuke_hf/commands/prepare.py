@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from ._common import EXIT_FAILURE, EXIT_OK, InputError, check_data_dir, error, void_label
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--void-label",
-        type=int,
+        type=void_label,
         default=0,
         help="label of void pixels: 0 (as the reference) or 255 (ignored)",
     )
@@ -32,7 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Build the dataset and print a Markdown table of split sizes; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.num_proc is not None and args.num_proc < 1:
+        parser.error(f"--num-proc must be >= 1, got {args.num_proc}")
+    try:
+        check_data_dir(args.data_dir)
+    except InputError as err:
+        error(parser.prog, err)
+        return EXIT_FAILURE
     from ..data.builder import PanNuke
     from ..data.raw import PanNukeDataError
 
@@ -43,12 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         builder = PanNuke(data_dir=args.data_dir, cache_dir=args.cache_dir, **kwargs)
         builder.download_and_prepare(num_proc=args.num_proc)
     except PanNukeDataError as err:  # bad or missing raw data: the message names file and patch
-        print(f"pannuke-hf prepare: error: {err}", file=sys.stderr)
-        return 1
+        error(parser.prog, err)
+        return EXIT_FAILURE
     splits = builder.info.splits
     print(f"PanNuke built in {builder.cache_dir}\n")
     print("| split | patches |\n|---|--:|")
     for name in sorted(splits):
         print(f"| {name} | {splits[name].num_examples} |")
     print(f"| total | {sum(s.num_examples for s in splits.values())} |")
-    return 0
+    return EXIT_OK

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import sys
 
 from ..data.splits import SCHEMES
+from ._common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, InputError, check_data_dir, error, void_label
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-proc", type=int, default=None, help="processes for the first build")
     parser.add_argument(
         "--void-label",
-        type=int,
+        type=void_label,
         default=0,
         help="label of void pixels (0 = background as the reference, or 255)",
     )
@@ -48,33 +48,41 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``pannuke-hf stats``; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        check_data_dir(args.data_dir)
+    except InputError as err:
+        error(parser.prog, err)
+        return EXIT_FAILURE
     import datasets
 
     import pannuke_hf  # noqa: F401  (registers the "pannuke_hf" builder)
 
+    from ..data.raw import PanNukeDataError
     from ..data.splits import make_splits
     from ..data.stats import class_statistics, statistics_table
 
-    folds = datasets.load_dataset(
-        "pannuke_hf",
-        data_dir=args.data_dir,
-        cache_dir=args.cache_dir,
-        num_proc=args.num_proc,
-        void_label=args.void_label,
-    )
+    try:
+        folds = datasets.load_dataset(
+            "pannuke_hf",
+            data_dir=args.data_dir,
+            cache_dir=args.cache_dir,
+            num_proc=args.num_proc,
+            void_label=args.void_label,
+        )
+    except PanNukeDataError as err:  # bad or missing raw data: the message names file and patch
+        error(parser.prog, err)
+        return EXIT_FAILURE
     splits = make_splits(folds, args.scheme) if args.scheme else folds
     names = args.split or list(splits)
     unknown = [name for name in names if name not in splits]
     if unknown:
-        print(
-            f"pannuke-hf stats: unknown split(s) {unknown}; available with scheme {args.scheme or 'none'}: "
-            f"{list(splits)}",
-            file=sys.stderr,
-        )
-        return 2
+        scheme = f"with --scheme {args.scheme}" if args.scheme else "without --scheme"
+        error(parser.prog, f"--split {' '.join(unknown)}: the splits {scheme} are {', '.join(splits)}")
+        return EXIT_USAGE
     table = statistics_table({name: class_statistics(splits[name]) for name in names})
     print(table)
     if args.output:
         pathlib.Path(args.output).write_text(table + "\n")
-    return 0
+    return EXIT_OK

@@ -23,16 +23,13 @@ every builder module for streaming, so this module deliberately does no file I/O
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
-import zlib
 from dataclasses import dataclass
 
 import datasets
 import numpy as np
 from datasets.exceptions import DatasetGenerationError
-from PIL import Image
 
 from ..constants import CITATION, CLASS_NAMES, FOLD_ZIP_SHA256, FOLDS, HOMEPAGE, LICENSE, TISSUES, patch_id
 from . import raw
@@ -96,13 +93,51 @@ class PanNukeConfig(datasets.BuilderConfig):
         self.void_label = int(self.void_label)
 
 
+def _png_params() -> dict[str, list[int]]:
+    """OpenCV PNG settings per kind of array (imported here: cv2 is not needed to load the data).
+
+    Level-1 deflate with zlib's run-length strategy and one fixed row filter each: about as small
+    as PIL's default (level 6, adaptive filters) on H&E patches and label maps, at a quarter of
+    its encoding time (encoding dominates the build). "sub" suits photographs, no filter the flat
+    uint8 label map, "up" the 16-bit instance map. The decoded pixels are the same whatever the
+    settings (PNG is lossless).
+    """
+    import cv2
+
+    def params(row_filter: int) -> list[int]:
+        return [
+            cv2.IMWRITE_PNG_COMPRESSION, 1,
+            cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
+            cv2.IMWRITE_PNG_FILTER, row_filter,
+        ]  # fmt: skip
+
+    return {
+        "rgb": params(cv2.IMWRITE_PNG_FILTER_SUB),
+        "uint8": params(cv2.IMWRITE_PNG_FILTER_NONE),
+        "uint16": params(cv2.IMWRITE_PNG_FILTER_UP),
+    }
+
+
+_PNG_PARAMS: dict[str, list[int]] = {}
+
+
 def _png(array: np.ndarray) -> dict:
-    """Encode an image array as PNG bytes in the form ``datasets.Image`` stores as is."""
-    buffer = io.BytesIO()
-    # zlib's run-length strategy: about as small as the default level-6 deflate on H&E patches
-    # and label maps, at half the encoding time (encoding dominates the build).
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)
-    return {"bytes": buffer.getvalue(), "path": None}
+    """Encode a uint8 RGB image or a uint8 / uint16 single-channel map as PNG bytes, in the form
+    ``datasets.Image`` stores as is (and decodes with PIL to the same array)."""
+    import cv2
+
+    if not _PNG_PARAMS:
+        _PNG_PARAMS.update(_png_params())
+    if array.ndim == 3:
+        kind, array = "rgb", cv2.cvtColor(array, cv2.COLOR_RGB2BGR)  # OpenCV writes BGR order
+    elif array.dtype == np.uint16:
+        kind = "uint16"
+    else:
+        kind = "uint8"
+    ok, encoded = cv2.imencode(".png", array, _PNG_PARAMS[kind])
+    if not ok:  # pragma: no cover - OpenCV reports no reason
+        raise RuntimeError(f"OpenCV could not encode a {array.dtype} array of shape {array.shape} as PNG")
+    return {"bytes": encoded.tobytes(), "path": None}
 
 
 def _shards(num_patches: int) -> list[tuple[int, int]]:

@@ -6,7 +6,8 @@ memory-mapped and read one patch at a time, so memory stays flat whatever the fo
 
 Conversion of one patch (:func:`convert_patch`):
 
-* ``image``: float 0-255 RGB -> uint8 (rounded to the nearest integer).
+* ``image``: float 0-255 RGB -> uint8 (rounded to the nearest integer, exact halves to the even
+  neighbour as numpy's ``rint``: 12.5 -> 12, 13.5 -> 14; 12.49 -> 12, 254.6 -> 255).
 * ``semantic``: label ``(j + 1) % 6`` for class channel ``j`` (the reference project's values);
   where several class channels claim a pixel the later channel wins (as in the reference);
   a class channel always beats the background channel (channel 5 is derived from the class
@@ -29,6 +30,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
@@ -366,6 +368,12 @@ def convert_image(raw: np.ndarray, path: Path, index: int) -> np.ndarray:
     """
     if raw.dtype.kind == "f":
         arr = np.asarray(raw, dtype=np.float64)
+        # Fast path: min and max are NaN when any value is, so one comparison covers NaN, inf
+        # and the range; only a failing patch takes the slower pass that names the defect.
+        lo, hi = arr.min(), arr.max()
+        if 0 <= lo and hi <= 255:
+            rounded = np.rint(arr, out=_workspace().buffer("rint", arr.shape, np.float64))
+            return rounded.astype(np.uint8)
         if not np.isfinite(arr).all():
             raise PanNukeDataError(f"{_where(path, index)}: image holds NaN or infinite values")
     else:
@@ -433,6 +441,108 @@ def convert_mask(
     Raises:
         PanNukeDataError: NaN, negative or fractional ids, background not 0/1, too many nuclei.
     """
+    fast = _convert_mask_fast(raw, void_label)
+    if fast is not None:
+        return fast
+    return _convert_mask_general(raw, path, index, void_label)
+
+
+#: Largest raw id the fast path handles (its lookup tables have 6 * (largest id + 1) entries).
+_FAST_MAX_ID: int = 1 << 16
+
+
+class _Workspace:
+    """Scratch arrays reused from patch to patch (one set per thread).
+
+    Conversion needs several megabyte-sized temporaries per patch. Fresh ones cost a page fault
+    per 4 KiB every time (the allocator hands large blocks back to the system when they are
+    freed), which on a busy or virtualised machine costs more than the arithmetic itself.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def buffer(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        """An uninitialised array of this shape and dtype, the same memory on every call."""
+        array = self._buffers.get(name)
+        if array is None or array.shape != tuple(shape) or array.dtype != dtype:
+            array = self._buffers[name] = np.empty(shape, dtype=dtype)
+        return array
+
+
+_THREAD_STATE = threading.local()
+
+
+def _workspace() -> _Workspace:
+    workspace = getattr(_THREAD_STATE, "workspace", None)
+    if workspace is None:
+        workspace = _THREAD_STATE.workspace = _Workspace()
+    return workspace
+
+
+def _convert_mask_fast(
+    raw: np.ndarray, void_label: int
+) -> tuple[np.ndarray, np.ndarray, list[int], list[int]] | None:
+    """:func:`convert_mask` for the usual patch, in a few whole-array passes; ``None`` when the
+    patch needs the general path (any invalid value, ids of ``_FAST_MAX_ID`` or more, too many
+    nuclei), which then gives the same result or names the defect.
+
+    Each (class channel c, raw id) pair gets the key ``(c + 1) * (M + 1) + id`` (M = largest id),
+    so sorting keys sorts nuclei by (channel, raw id); a pixel's key is that of the last channel
+    claiming it, and a lookup table numbers the keys 1..K.
+    """
+    raw = np.asarray(raw)
+    if raw.dtype.kind not in "fiu" or raw.ndim != 3:
+        return None
+    work = _workspace()
+    as_int = work.buffer("as_int", raw.shape, np.int32)  # (H, W, 6)
+    # One pass to int32. A float that does not survive the cast exactly (NaN, inf, fraction,
+    # beyond int32) and an integer that wraps around differ from their int32 value.
+    with np.errstate(invalid="ignore", over="ignore"):
+        np.copyto(as_int, raw, casting="unsafe")
+    if raw.dtype != np.int32:
+        same = np.equal(as_int, raw, out=work.buffer("same", raw.shape, np.bool_))
+        if not same.all():
+            return None
+    background = as_int[..., BACKGROUND_CHANNEL]
+    if as_int.min() < 0 or background.max() > 1:
+        return None
+    stride = int(as_int.max()) + 1  # > every raw id (the background channel holds 0 and 1)
+    if stride > _FAST_MAX_ID:
+        return None
+    offsets = np.arange(1, NUM_NUCLEUS_CHANNELS + 1, dtype=np.int32)[:, None, None] * stride
+    ids = as_int[..., :NUM_NUCLEUS_CHANNELS].transpose(2, 0, 1)  # (5, H, W) view
+    keys = np.add(ids, offsets, out=work.buffer("keys", ids.shape, np.int32))
+    claimed = np.greater(keys, offsets, out=work.buffer("claimed", ids.shape, np.bool_))  # id > 0
+    pixel_key = work.buffer("pixel_key", ids.shape[1:], np.int32)
+    pixel_key.fill(0)  # 0 = no class channel
+    for c in range(NUM_NUCLEUS_CHANNELS):
+        # Channels in order, later ones overwrite: the reference's rule for overlapping pixels.
+        np.copyto(pixel_key, keys[c], where=claimed[c])
+    present = np.zeros((NUM_NUCLEUS_CHANNELS + 1) * stride, dtype=np.bool_)
+    present[keys[claimed]] = True
+    nuclei = np.flatnonzero(present)  # sorted by (channel, raw id)
+    if len(nuclei) > MAX_INSTANCES:
+        return None
+    number = np.zeros(len(present), dtype=np.uint16)
+    number[nuclei] = np.arange(1, len(nuclei) + 1)
+    instance = number[pixel_key]
+    # Semantic label: that of the winning channel; background 0 or void where no channel claims.
+    label_of = np.asarray((0,) + RAW_CHANNEL_TO_LABEL[:NUM_NUCLEUS_CHANNELS], dtype=np.uint8)
+    winner = np.floor_divide(pixel_key, stride, out=work.buffer("winner", pixel_key.shape, np.int32))
+    semantic = label_of[winner]  # winner: 0 = none, else channel + 1
+    if void_label != 0:
+        semantic[(winner == 0) & (background == 0)] = void_label
+    channel = nuclei // stride
+    labels = label_of[channel].tolist()
+    raw_ids = (nuclei - channel * stride).tolist()
+    return semantic, instance, labels, raw_ids
+
+
+def _convert_mask_general(
+    raw: np.ndarray, path: Path, index: int, void_label: int
+) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
+    """:func:`convert_mask` for any patch: per-channel passes, every defect named."""
     ids, background = _check_mask(raw, path, index)
     channel_label = np.asarray(RAW_CHANNEL_TO_LABEL[:NUM_NUCLEUS_CHANNELS], dtype=np.uint8)
     winner = np.full(background.shape, -1, dtype=np.int8)  # class channel owning each pixel
@@ -478,18 +588,67 @@ def _convert(images: np.ndarray, masks: np.ndarray, files: FoldFiles, index: int
     return Patch(image, semantic, instance, labels, raw_ids)
 
 
+class _PatchReader:
+    """Reads one patch at a time of a ``.npy`` file into a reused array, with ``os.preadv``.
+
+    A plain read copies the bytes from the page cache into memory this process already holds:
+    no page of the file is mapped, so memory stays flat whatever the file size, and no page
+    fault is taken per 4 KiB as with a memory map (costly on a busy or virtualised machine).
+    Arrays stored in Fortran order (never the case in the release) are read memory-mapped.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        mapped = _open_npy(path)  # validates the header; maps nothing until read
+        self.shape = tuple(mapped.shape[1:])
+        self.dtype = mapped.dtype
+        self.offset = int(getattr(mapped, "offset", 0))
+        self.contiguous = bool(mapped.flags.c_contiguous) and isinstance(mapped, np.memmap)
+        self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        del mapped
+        self.buffer = np.empty(self.shape, dtype=self.dtype)
+        self.fd = os.open(path, os.O_RDONLY) if self.contiguous else None
+
+    def read(self, index: int) -> np.ndarray:
+        """Patch ``index`` (valid until the next call)."""
+        if self.fd is None:
+            self.buffer[...] = _open_npy(self.path)[index]  # one short-lived map per patch
+            return self.buffer
+        view = memoryview(self.buffer).cast("B")
+        done = 0
+        while done < self.nbytes:
+            count = os.preadv(self.fd, [view[done:]], self.offset + index * self.nbytes + done)
+            if count <= 0:
+                raise PanNukeDataError(f"{_where(self.path, index)}: file ends early (truncated?)")
+            done += count
+        return self.buffer
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 def iter_patches(
     files: FoldFiles, start: int, stop: int, void_label: int = 0, block: int = 8
 ) -> Iterator[tuple[int, Patch]]:
     """Yield ``(index, Patch)`` for patches ``start..stop-1`` of a fold, one at a time.
 
-    The arrays are re-mapped every ``block`` patches: pages of a memory map stay in the
-    process's resident memory until it is unmapped, so one long-lived map over a 9 GB masks
-    file would grow without bound while re-mapping keeps memory flat.
+    Each patch is read into the same two arrays (see :class:`_PatchReader`), so memory stays
+    flat whatever the fold size. ``block`` is accepted for compatibility and has no effect.
     """
-    for block_start in range(start, stop, block):
-        images = _open_npy(files.images)
-        masks = _open_npy(files.masks)
-        for index in range(block_start, min(block_start + block, stop)):
-            yield index, _convert(images, masks, files, index, void_label)
-        del images, masks
+    del block
+    images = _PatchReader(files.images)
+    try:
+        masks = _PatchReader(files.masks)
+        try:
+            for index in range(start, stop):
+                image = convert_image(images.read(index), files.images, index)
+                semantic, instance, labels, raw_ids = convert_mask(
+                    masks.read(index), files.masks, index, void_label
+                )
+                yield index, Patch(image, semantic, instance, labels, raw_ids)
+        finally:
+            masks.close()
+    finally:
+        images.close()

@@ -7,13 +7,16 @@ hash)); an entry there resolves to the builder class of that module, with ``num_
 current directory!) for data files; for ``pannuke_hf`` that scan is skipped, the builder finds
 its folds itself. Both hooks touch private API; ``tests/test_builder.py`` pins their behaviour.
 
-Importing ``pannuke_hf`` runs :func:`register`.
+Importing ``pannuke_hf`` runs :func:`register` as soon as ``datasets.load`` is imported (at once when
+it already is), so that ``import pannuke_hf`` itself does not import ``datasets``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 from pathlib import Path
+from types import ModuleType
 
 #: Name under which ``load_dataset`` finds the builder.
 DATASET_NAME: str = "pannuke_hf"
@@ -40,8 +43,11 @@ def build_code_hash(sources: tuple[Path, ...] | None = None) -> str:
 
 def _patch_packaged_factory() -> None:
     """Skip the data-file scan of ``PackagedDatasetModuleFactory`` for ``pannuke_hf`` only."""
-    from datasets import load as hf_load
     from datasets.data_files import DataFilesDict
+
+    # Not `from datasets import load`: this runs right after datasets.load is imported, while the
+    # `datasets` package itself may still be importing.
+    hf_load = importlib.import_module("datasets.load")
 
     factory = hf_load.PackagedDatasetModuleFactory
     if getattr(factory.get_module, "_pannuke_hf_patched", False):
@@ -72,4 +78,6 @@ def register() -> None:
     _patch_packaged_factory()
 
 
-register()
+def register_with_datasets(_module: ModuleType | None = None) -> None:
+    """Post-import hook for ``datasets.load`` (see ``pannuke_hf.__init__``): :func:`register`."""
+    register()

@@ -48,6 +48,14 @@ stain so that a small segmentation model can learn them:
 * connective: elongated spindle (~11 x 3 px, any orientation), magenta;
 * dead: tiny round (radius ~4-4.8 px), near-black brown-red;
 * epithelial: medium oval (~7 x 5 px), pale blue-lilac.
+
+Touching nuclei (``touching > 0``; off by default, and the default output is unchanged): in every
+ordinary patch, each 2x2 block of cells holds, with probability ``touching``, one touching pair:
+its top-left cell and its right (or, with even odds, lower) neighbour get nuclei of one class,
+pushed against their shared cell border (each centre at 0.7 of its half-extent from the border)
+so that both are cut by the border and touch along it. About ``touching / 2`` of the nuclei then
+touch a same-class neighbour: one connected blob of one class in the semantic map, two nuclei
+in the instance map.
 """
 
 from __future__ import annotations
@@ -162,10 +170,25 @@ def _draw_ids(rng: np.random.Generator, count: int) -> np.ndarray:
     return ids.astype(np.int64)
 
 
-def _layout(rng: np.random.Generator, quirk: str | None) -> dict[str, np.ndarray]:
+#: Fraction of its half-extent at which a nucleus of a touching pair sits from the shared border.
+_TOUCH_DEPTH = 0.7
+
+
+def _touching_pairs(rng: np.random.Generator, touching: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cells ``(first, second)`` of the touching pairs of a patch, and whether each pair is vertical."""
+    rows, cols = np.meshgrid(np.arange(0, _GRID, 2), np.arange(0, _GRID, 2), indexing="ij")
+    first = (rows * _GRID + cols).ravel()  # top-left cell of each 2x2 block
+    chosen = rng.random(first.size) < touching
+    vertical = rng.random(first.size) < 0.5
+    first, vertical = first[chosen], vertical[chosen]
+    return first, first + np.where(vertical, _GRID, 1), vertical
+
+
+def _layout(rng: np.random.Generator, quirk: str | None, touching: float = 0.0) -> dict[str, np.ndarray]:
     """Per-cell nucleus parameters of one patch, each an array of shape (_GRID * _GRID,).
 
-    ``cls`` is the raw channel of the cell's nucleus, or -1 for an empty cell.
+    ``cls`` is the raw channel of the cell's nucleus, or -1 for an empty cell. With ``touching``
+    (ordinary patches only) some neighbouring cells hold touching pairs (module docstring).
     """
     n_cells = _GRID * _GRID
     occupancy = rng.uniform(0.55, 0.95)
@@ -178,6 +201,12 @@ def _layout(rng: np.random.Generator, quirk: str | None) -> dict[str, np.ndarray
         cls[:NUM_NUCLEUS_CHANNELS] = np.arange(NUM_NUCLEUS_CHANNELS)
     if quirk == "split_id":
         cls[n_cells - 1] = 0  # far from cell 0, so the two pieces are disconnected
+    pairs = None
+    if touching > 0 and quirk is None:
+        pairs = _touching_pairs(rng, touching)
+        first, second, _ = pairs
+        shared = np.where(cls[first] >= 0, cls[first], rng.choice(NUM_NUCLEUS_CHANNELS, size=first.size))
+        cls[first] = cls[second] = shared
     looks_major = np.array([look.major for look in _LOOKS])  # (5, 2)
     looks_aspect = np.array([look.aspect for look in _LOOKS])
     k = np.maximum(cls, 0)
@@ -187,7 +216,7 @@ def _layout(rng: np.random.Generator, quirk: str | None) -> dict[str, np.ndarray
     extent = major * (1.0 + wobble)
     # Centre jitter keeps every nucleus >= 2 px inside its cell: cells never touch.
     slack = np.maximum(_CELL / 2 - extent - 2.0, 0.0)
-    return {
+    layout = {
         "cls": cls,
         "cy": _CELL / 2 + rng.uniform(-slack, slack),
         "cx": _CELL / 2 + rng.uniform(-slack, slack),
@@ -199,6 +228,35 @@ def _layout(rng: np.random.Generator, quirk: str | None) -> dict[str, np.ndarray
         "phase": rng.uniform(0.0, 2 * np.pi, n_cells),
         "shade": rng.uniform(0.9, 1.1, n_cells),
     }
+    if pairs is not None:
+        _push_together(rng, layout, *pairs, slack)
+    return layout
+
+
+def _push_together(
+    rng: np.random.Generator,
+    p: dict[str, np.ndarray],
+    first: np.ndarray,
+    second: np.ndarray,
+    vertical: np.ndarray,
+    slack: np.ndarray,
+) -> None:
+    """Move the nuclei of each pair against their shared cell border (in place).
+
+    Each centre sits ``_TOUCH_DEPTH`` of the nucleus's half-extent along the pair's axis from the
+    border, so both are cut by it and touch along it; both share one jittered coordinate across.
+    """
+    cos, sin = np.cos(p["theta"]), np.sin(p["theta"])
+    half_x = np.hypot(p["major"] * cos, p["minor"] * sin)  # half-extent of the ellipse along x
+    half_y = np.hypot(p["major"] * sin, p["minor"] * cos)
+    across = np.minimum(slack[first], slack[second])
+    shared = _CELL / 2 + rng.uniform(-across, across)
+    for is_vertical, axis, cross, half in ((False, "cx", "cy", half_x), (True, "cy", "cx", half_y)):
+        which = vertical == is_vertical
+        a, b = first[which], second[which]
+        p[axis][a] = _CELL - _TOUCH_DEPTH * half[a]  # against the right (lower) border of its cell
+        p[axis][b] = _TOUCH_DEPTH * half[b]  # against the left (upper) border of the next cell
+        p[cross][a] = p[cross][b] = shared[which]
 
 
 def _cell_coordinates() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -239,7 +297,7 @@ def _paint(
 
 
 def make_synthetic_patch(
-    seed: int, fold: int, index: int, quirks: bool = True
+    seed: int, fold: int, index: int, quirks: bool = True, touching: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Generate one patch, deterministically from ``(seed, fold, index)``.
 
@@ -248,6 +306,8 @@ def make_synthetic_patch(
         fold: fold number (1-3); only enters the seed.
         index: patch index in the fold; selects the quirk (see :data:`QUIRK_PATCHES`).
         quirks: place the quirks; ``False`` makes every patch an ordinary one.
+        touching: probability of a touching same-class pair per 2x2 block of cells in ordinary
+            patches (module docstring); 0 (default) gives the original patches.
 
     Returns:
         ``(image, masks, tissue)``: image (256, 256, 3) float64 0-255 with integer values,
@@ -267,7 +327,7 @@ def make_synthetic_patch(
         masks[..., BACKGROUND_CHANNEL] = 1.0
         return _finish(image), masks, tissue
 
-    p = _layout(rng, quirk)
+    p = _layout(rng, quirk, touching)
     cell_ids = np.zeros(_GRID * _GRID, dtype=np.int64)
     for channel in range(NUM_NUCLEUS_CHANNELS):
         cells_of_class = np.flatnonzero(p["cls"] == channel)
@@ -337,7 +397,9 @@ def _normalise_sizes(patches_per_fold: int | Mapping[int, int], folds: Iterable[
     return sizes
 
 
-def _write_fold(root: pathlib.Path, fold: int, count: int, seed: int, quirks: bool) -> None:
+def _write_fold(
+    root: pathlib.Path, fold: int, count: int, seed: int, quirks: bool, touching: float = 0.0
+) -> None:
     """Write one fold's three arrays under ``root`` chunk by chunk (memory-mapped outputs)."""
     paths = {key: root / rel for key, rel in raw_relpaths(fold).items()}
     for path in paths.values():
@@ -351,7 +413,7 @@ def _write_fold(root: pathlib.Path, fold: int, count: int, seed: int, quirks: bo
     for start in range(0, count, _CHUNK):
         stop = min(start + _CHUNK, count)
         for index in range(start, stop):
-            images[index], masks[index], tissue = make_synthetic_patch(seed, fold, index, quirks)
+            images[index], masks[index], tissue = make_synthetic_patch(seed, fold, index, quirks, touching)
             tissues.append(tissue)
         images.flush()
         masks.flush()
@@ -382,6 +444,7 @@ def make_synthetic_folds(
     as_zip: bool = False,
     folds: Iterable[int] = FOLDS,
     quirks: bool = True,
+    touching: float = 0.0,
 ) -> pathlib.Path:
     """Write generated folds in the exact raw PanNuke layout.
 
@@ -394,6 +457,8 @@ def make_synthetic_folds(
         as_zip: write ``fold_k.zip`` files (each unpacking to ``Fold k/...``) instead of folders.
         folds: which folds to write.
         quirks: place the release's quirks at the indices of :data:`QUIRK_PATCHES`.
+        touching: probability of a touching same-class pair per 2x2 block of cells (see the
+            module docstring); 0 (default) writes the original data.
 
     Returns:
         ``out_dir`` as a path: the ``data_dir`` to give the dataset builder.
@@ -401,17 +466,19 @@ def make_synthetic_folds(
     Memory stays bounded for any fold size: arrays are written through memory maps, a chunk of
     patches at a time.
     """
+    if not 0.0 <= touching <= 1.0:
+        raise ValueError(f"touching must lie in [0, 1] (a probability), got {touching}")
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sizes = _normalise_sizes(patches_per_fold, folds)
     for fold, count in sizes.items():
         if not as_zip:
-            _write_fold(out, fold, count, seed, quirks)
+            _write_fold(out, fold, count, seed, quirks, touching)
             continue
         staging = out / f".staging_fold_{fold}"
         shutil.rmtree(staging, ignore_errors=True)
         try:
-            _write_fold(staging, fold, count, seed, quirks)
+            _write_fold(staging, fold, count, seed, quirks, touching)
             _zip_fold(staging, fold, out / f"fold_{fold}.zip")
         finally:
             shutil.rmtree(staging, ignore_errors=True)

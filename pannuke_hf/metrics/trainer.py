@@ -81,12 +81,13 @@ def preprocess_logits_for_metrics(logits: Any, labels: Any) -> torch.Tensor:
 
     Args:
         logits: (B, C, h, w) model logits (or a tuple whose first item they are).
-        labels: (B, H, W) labels of the batch (only their size is used; ``None`` keeps (h, w)).
+        labels: (B, H, W) labels of the batch, or a tuple whose first item they are (only their
+            size is used; ``None`` keeps (h, w)).
 
     Returns:
         (B, H, W) uint8 class maps (int64 beyond 256 classes), on the logits' device.
     """
-    return logits_to_label_maps(_first(logits), _label_size(labels))
+    return logits_to_label_maps(_first(logits), _label_size(_first(labels)))
 
 
 def flatten_metrics(
@@ -153,11 +154,11 @@ class SegmentationMetrics:
         Args:
             predictions: (B, C, h, w) logits (resized to the labels' size, then argmax) or
                 (B, H, W) class maps; a tuple's first item is used.
-            labels: (B, H, W) reference ids ((B, 1, H, W) accepted); Trainer's padding value
-                -100 counts as ignored.
+            labels: (B, H, W) reference ids ((B, 1, H, W) accepted; a tuple's first item is used);
+                Trainer's padding value -100 counts as ignored.
         """
         predictions = _as_tensor(_first(predictions))
-        labels = _as_tensor(labels)
+        labels = _as_tensor(_first(labels))
         if labels.dim() == 4 and labels.shape[1] == 1:
             labels = labels[:, 0]
         if predictions.dim() == 4:
@@ -222,3 +223,167 @@ def make_compute_metrics(
     exactly once and returns the same numbers.
     """
     return SegmentationMetrics(num_labels, ignore_index, id2label)
+
+
+# ---------------------------------------------------------------------------------------------
+# Nucleus-level scores (PQ, mPQ, bPQ, F1_d) next to the pixel metrics
+# ---------------------------------------------------------------------------------------------
+
+#: How evaluation turns model outputs into nuclei: ``auto`` (the distance-map head when the model
+#: has one, else ``watershed``), ``hv`` (the head, HoVer-style), ``watershed`` (per-class connected
+#: components of the type map split by a distance-transform watershed) or ``components`` (plain
+#: per-class connected components).
+INSTANCE_MODES: tuple[str, ...] = ("auto", "hv", "watershed", "components")
+
+
+def _class_map(instances: np.ndarray, segments: list[dict]) -> np.ndarray:
+    """(H, W) uint8 map giving every pixel the class of its nucleus (0 outside nuclei)."""
+    lookup = np.zeros(len(segments) + 1, dtype=np.uint8)
+    for segment in segments:
+        lookup[segment["id"]] = segment["label_id"]
+    return lookup[instances]
+
+
+class InstancePredictions:
+    """``Trainer(preprocess_logits_for_metrics=...)`` that also post-processes each batch into nuclei.
+
+    Runs per batch on every process (before Trainer gathers), so only label maps and instance maps
+    travel and nothing grows with the evaluation set.
+
+    Args:
+        mode: one of :data:`INSTANCE_MODES`.
+        min_size: nuclei with fewer pixels (at the labels' resolution) are dropped (10 at 40x).
+
+    Call: ``(outputs, labels)`` with outputs ``logits`` (B, C, h, w) or the model's tuple
+    ``(logits, nuclei_logits, hv_maps)``, labels (B, H, W) or a tuple whose first item they are.
+    Returns ``(label_maps (B, H, W) uint8, instance maps (B, H, W) int32, nucleus class maps
+    (B, H, W) uint8)`` at the labels' size on the logits' device; the post-processing is the
+    image processor's (:func:`semantic_to_instances`, :func:`hv_to_instances`) on logits
+    resized bilinearly to the labels' size.
+    """
+
+    def __init__(self, mode: str = "auto", min_size: int = 10) -> None:
+        if mode not in INSTANCE_MODES:
+            raise ValueError(f"instance post-processing must be one of {INSTANCE_MODES}, got {mode!r}")
+        self.mode = mode
+        self.min_size = int(min_size)
+
+    def __call__(self, logits: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from ..models.unet_fcn.image_processing_unet_fcn import hv_to_instances, semantic_to_instances
+
+        outputs = tuple(logits) if isinstance(logits, (tuple, list)) else (logits,)
+        type_logits = _as_tensor(outputs[0])
+        has_head = len(outputs) >= 3 and outputs[-1] is not None and outputs[-1].shape[1] == 2
+        mode = ("hv" if has_head else "watershed") if self.mode == "auto" else self.mode
+        if mode == "hv" and not has_head:
+            raise ValueError("instance post-processing 'hv' needs a model with instance_head='hv'")
+        size = _label_size(_first(labels)) or tuple(type_logits.shape[-2:])
+
+        def resized(maps: Any) -> torch.Tensor:
+            maps = _as_tensor(maps).detach().float()
+            if tuple(maps.shape[-2:]) != tuple(size):
+                maps = F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
+            return maps.cpu()
+
+        probabilities = resized(type_logits).softmax(dim=1).numpy()
+        if mode == "hv":
+            nuclei = resized(outputs[-2]).softmax(dim=1)[:, 1].numpy()
+            hv = resized(outputs[-1]).numpy()
+        instance_maps, class_maps = [], []
+        for i in range(len(probabilities)):
+            if mode == "hv":
+                instances, segments = hv_to_instances(
+                    probabilities[i], nuclei[i], hv[i], min_size=self.min_size
+                )
+            else:
+                instances, segments = semantic_to_instances(
+                    probabilities[i], min_size=self.min_size, watershed=mode == "watershed"
+                )
+            instance_maps.append(instances.astype(np.int32))
+            class_maps.append(_class_map(instances, segments))
+        device = type_logits.device
+        return (
+            logits_to_label_maps(type_logits, size),
+            torch.from_numpy(np.stack(instance_maps)).to(device),
+            torch.from_numpy(np.stack(class_maps)).to(device),
+        )
+
+
+class SegmentationAndInstanceMetrics:
+    """``compute_metrics`` for ``batch_eval_metrics``: the pixel metrics plus PanNuke's nucleus scores.
+
+    Expects predictions from :class:`InstancePredictions` and label ids ``(labels (B, H, W),
+    instance_mask (B, H, W)[, tissue (B,)])`` (the evaluation batch's ground truth nuclei, see
+    ``PanNukeTrainer``): the class of a true nucleus is the majority of the semantic labels over
+    it (the dataset's labels agree with ``instance_labels`` on every nucleus pixel). With
+    ``tissue`` (indices into ``tissue_names``) mPQ / bPQ are averaged per tissue then over tissues
+    (the protocol), without it over images. Batches without instance maps count only for the
+    pixel metrics.
+
+    Args:
+        semantic: the pixel metric (:class:`SegmentationMetrics`).
+        radius: centroid pairing radius of the detection F1 (12 px at 40x).
+        tissue_names: names of the tissue indices.
+
+    Returns (after the last batch): the pixel metrics and ``mPQ``, ``bPQ``, ``mPQ_image``,
+    ``bPQ_image``, ``DQ``, ``SQ``, ``PQ_<class>``, ``F1_detection``, ``F1_<class>``, ...
+    (see :meth:`~pannuke_hf.metrics.pq.PanNukeInstanceMetrics.compute`).
+    """
+
+    def __init__(
+        self,
+        semantic: SegmentationMetrics,
+        radius: float | None = 12.0,
+        tissue_names: Any = None,
+    ) -> None:
+        from .pq import PanNukeInstanceMetrics
+
+        self.semantic = semantic
+        self.instances = PanNukeInstanceMetrics(radius=radius)
+        self.tissue_names = None if tissue_names is None else list(tissue_names)
+
+    def update(self, predictions: Any, labels: Any) -> None:
+        """Count one batch (see the class docstring for the layouts)."""
+        self.semantic.update(predictions, labels)
+        if not isinstance(labels, (tuple, list)) or len(labels) < 2:
+            return
+        if not isinstance(predictions, (tuple, list)) or len(predictions) < 3:
+            raise ValueError(
+                "nucleus-level evaluation needs InstancePredictions as preprocess_logits_for_metrics"
+            )
+        semantic = _as_tensor(labels[0]).cpu().numpy().astype(np.int64)
+        true_instances = _as_tensor(labels[1]).cpu().numpy().astype(np.int64)
+        tissues = _as_tensor(labels[2]).cpu().numpy() if len(labels) > 2 else None
+        pred_instances = _as_tensor(predictions[1]).cpu().numpy()
+        pred_classes = _as_tensor(predictions[2]).cpu().numpy()
+        for i in range(len(true_instances)):
+            if (semantic[i] == TRAINER_PAD_INDEX).all():  # Trainer's padding of an uneven last batch
+                continue
+            # ignored pixels (255, -100) carry no class: they never lie on a true nucleus
+            true_classes = np.where((semantic[i] >= 0) & (semantic[i] <= 5), semantic[i], 0)
+            tissue = None
+            if tissues is not None:
+                index = int(tissues[i])
+                tissue = self.tissue_names[index] if self.tissue_names else str(index)
+            self.instances.update(
+                np.maximum(true_instances[i], 0), true_classes, pred_instances[i], pred_classes[i], tissue
+            )
+
+    def compute(self) -> dict[str, float]:
+        """Pixel metrics and nucleus scores of everything counted so far."""
+        from .pq import flatten_instance_metrics
+
+        metrics = self.semantic.compute()
+        if self.instances.num_images:
+            nuclei = flatten_instance_metrics(self.instances.compute())
+            nuclei.pop("num_images", None)
+            metrics.update(nuclei)
+        return metrics
+
+    def reset(self) -> None:
+        """Start a new evaluation."""
+        self.semantic.reset()
+        self.instances.reset()
+
+    # Trainer's ``compute_metrics(eval_pred, compute_result)``: the same protocol as the pixel metrics
+    __call__ = SegmentationMetrics.__call__

@@ -65,14 +65,22 @@ class DataArguments:
     synthetic_data: bool = field(
         default=False,
         metadata={
-            "help": "Generate PanNuke-format data (the demo) into `data_dir` (default "
-            "~/.cache/pannuke_hf/demo/raw) unless it is already there."
+            "help": "Generate PanNuke-format data (the demo) into `data_dir` (default: a folder keyed on "
+            "the generator's code, patch count and seed under $PANNUKE_HF_DEMO_CACHE or "
+            "~/.cache/pannuke_hf/demo) unless it is already there."
         },
     )
     synthetic_patches_per_fold: int = field(
         default=48, metadata={"help": "Patches per generated fold (with --synthetic_data)."}
     )
     synthetic_seed: int = field(default=0, metadata={"help": "Seed of the generated data."})
+    synthetic_touching: float = field(
+        default=0.0,
+        metadata={
+            "help": "Fraction of the generated nuclei given a touching neighbour of the same class "
+            "(with --synthetic_data; 0 = nuclei never touch)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.split_scheme not in SPLIT_SCHEMES:
@@ -107,6 +115,21 @@ class ModelArguments:
     ignore_mismatched_sizes: bool = field(
         default=False, metadata={"help": "Allow a checkpoint head with another number of labels."}
     )
+    instance_head: str | None = field(
+        default=None,
+        metadata={
+            "help": "`hv`: add the distance-map instance head (nucleus map + horizontal / vertical distance "
+            "maps, trained from the instance maps; see docs/instance-head.md). Default: none (a fresh model) "
+            "or the checkpoint's.",
+            "choices": ["hv"],
+        },
+    )
+    hv_msge_loss_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "Weight of the distance maps' gradient loss (MSGE) of the hv head (default: the config's, 10)."
+        },
+    )
 
 
 @dataclass
@@ -130,8 +153,8 @@ class PanNukeTrainingArguments(TrainingArguments):
     lr_schedule: str = field(
         default="poly",
         metadata={
-            "help": "`poly` (the reference: (lr0 - min_lr) * (1 - t/T)^power + min_lr) or `hf` (the "
-            "schedule chosen by --lr_scheduler_type).",
+            "help": "`poly` (the reference: (lr0 - min_lr) * (1 - t/(T - 1))^power + min_lr for steps "
+            "t = 0..T-1, T = --max_steps) or `hf` (the schedule chosen by --lr_scheduler_type).",
             "choices": ["poly", "hf"],
         },
     )
@@ -147,6 +170,24 @@ class PanNukeTrainingArguments(TrainingArguments):
             "help": "Intra-op CPU threads of torch (default: torch's choice). On a small or busy CPU, 1 thread "
             "plus a DataLoader worker is often much faster than several threads competing."
         },
+    )
+    instance_metrics: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Also report nucleus-level scores (mPQ, bPQ, F1_d; PanNuke protocol) in evaluation. "
+            "Default: true for models with an instance head."
+        },
+    )
+    instance_postprocess: str = field(
+        default="auto",
+        metadata={
+            "help": "Nuclei for --instance_metrics: `auto` (the hv head when present, else `watershed`), `hv`, "
+            "`watershed` (per-class components split by a distance watershed) or `components`.",
+            "choices": ["auto", "hv", "watershed", "components"],
+        },
+    )
+    instance_min_size: int = field(
+        default=10, metadata={"help": "Smallest nucleus kept in evaluation, in pixels of the 256x256 labels."}
     )
     prediction_figure_samples: int = field(
         default=0, metadata={"help": "After evaluation, save a PNG of N predictions beside ground truth."}

@@ -1,19 +1,24 @@
-"""Training and evaluation transforms equivalent to the reference pipeline (numpy + PIL only).
+"""Training and evaluation transforms of the reference pipeline, on OpenCV (``cv2``) and numpy.
 
-Reference training pipeline, in order: resize the 256x256 patch to the input size (bilinear image,
-nearest label, aspect ratio not kept), random horizontal flip (p=0.5), photometric distortion,
-normalisation. The photometric distortion follows the reference library's semantics:
+Reference training pipeline, in order: resize the 256x256 patch to the input size (aspect ratio
+not kept: ``cv2.resize`` with ``INTER_LINEAR`` for the image and ``INTER_NEAREST`` for the label,
+as the reference's ``mmcv.imresize``), random horizontal flip (p=0.5), photometric distortion,
+normalisation. The photometric distortion follows the reference library's semantics and draws:
 
 1. brightness: with p=0.5 add ``delta ~ U(-32, 32)``;
 2. draw ``mode`` in {0, 1}; if ``mode == 1`` apply contrast here;
-3. saturation: with p=0.5 convert to 8-bit HSV, scale S by ``alpha ~ U(0.5, 1.5)``, convert back;
+3. saturation: with p=0.5 convert to 8-bit HSV (``cv2.cvtColor``), scale S by
+   ``alpha ~ U(0.5, 1.5)``, convert back;
 4. hue: with p=0.5 convert to 8-bit HSV, ``H = (H + delta) % 180`` with an integer
-   ``delta`` drawn from [-18, 18) (8-bit hue units of 2 degrees, as the reference), convert back;
+   ``delta`` drawn from [-18, 18) (OpenCV's 8-bit hue units of 2 degrees), convert back;
 5. if ``mode == 0`` apply contrast here: with p=0.5 multiply by ``alpha ~ U(0.5, 1.5)``.
 
-Every step works on uint8 images: the result of each scaling is clipped to [0, 255] and truncated
-to uint8 (not rounded), and 8-bit HSV stores H in [0, 180) and S, V in [0, 255], as the reference.
-The label map is only touched by the resize and the flip.
+Every scaling is computed in float32 as ``x * alpha + beta``, clipped to [0, 255] and truncated to
+uint8 (not rounded), as the reference. Colour conversions are OpenCV's 8-bit ``RGB <-> HSV``
+(H in [0, 180), S and V in [0, 255], rounded by OpenCV): the reference converts its BGR images
+with ``BGR <-> HSV``, which gives the same HSV triple for the same pixel. So for the same random
+draws the transform gives the reference's uint8 image. The label map (and, with
+``keep_instances``, the instance map) is only touched by the resize and the flip.
 """
 
 from __future__ import annotations
@@ -41,28 +46,68 @@ HUE_DELTA: int = 18
 # ---------------------------------------------------------------------------------------------
 
 
-def resize_pair(
-    image: Image.Image, label: Image.Image | None, size: int
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Resize an image (bilinear) and its label map (nearest) to ``size x size``.
+def _as_array(image: Image.Image | np.ndarray, rgb: bool = False) -> np.ndarray:
+    if isinstance(image, Image.Image):
+        if rgb and image.mode != "RGB":
+            image = image.convert("RGB")
+        return np.asarray(image)
+    return np.asarray(image)
+
+
+def resize_image(image: Image.Image | np.ndarray, size: int) -> np.ndarray:
+    """Resize an RGB image to ``size x size`` with ``cv2.INTER_LINEAR`` (the reference's bilinear).
 
     Args:
-        image: PIL RGB image (H, W).
-        label: PIL "L" label map (H, W) or None.
+        image: PIL image or (H, W, 3) uint8 array.
+        size: output side in pixels.
+
+    Returns:
+        (size, size, 3) uint8, a copy (the input array itself when it already has that size).
+    """
+    import cv2
+
+    array = _as_array(image, rgb=True)
+    if array.shape[:2] == (size, size):
+        return array
+    return cv2.resize(np.ascontiguousarray(array), (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def resize_label(label: Image.Image | np.ndarray, size: int) -> np.ndarray:
+    """Resize a label or instance map to ``size x size`` with ``cv2.INTER_NEAREST``.
+
+    ``INTER_NEAREST`` takes source pixel ``floor(x * W_in / W_out)`` (as the reference's
+    ``mmcv.imresize(..., interpolation="nearest")``; not PIL's centre-aligned nearest).
+
+    Args:
+        label: PIL image or (H, W) integer array (uint8, uint16 or int32).
+        size: output side in pixels.
+
+    Returns:
+        (size, size) array of the input's dtype.
+    """
+    import cv2
+
+    array = _as_array(label)
+    if array.shape[:2] == (size, size):
+        return array
+    return cv2.resize(np.ascontiguousarray(array), (size, size), interpolation=cv2.INTER_NEAREST)
+
+
+def resize_pair(
+    image: Image.Image | np.ndarray, label: Image.Image | np.ndarray | None, size: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Resize an image (bilinear) and its label map (nearest) to ``size x size`` with OpenCV.
+
+    Args:
+        image: PIL RGB image or (H, W, 3) uint8 array.
+        label: PIL "L" label map, (H, W) uint8 array, or None.
         size: output side in pixels.
 
     Returns:
         ``(image (size, size, 3) uint8, label (size, size) uint8 or None)``.
     """
-    image = image.convert("RGB")
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.BILINEAR)
-    out_label = None
-    if label is not None:
-        if label.size != (size, size):
-            label = label.resize((size, size), Image.NEAREST)
-        out_label = np.asarray(label, dtype=np.uint8)
-    return np.asarray(image, dtype=np.uint8), out_label
+    out_label = None if label is None else resize_label(label, size).astype(np.uint8, copy=False)
+    return resize_image(image, size), out_label
 
 
 def hflip(array: np.ndarray) -> np.ndarray:
@@ -92,16 +137,13 @@ def adjust_contrast(image: np.ndarray, alpha: float) -> np.ndarray:
     return scale_shift_u8(image, alpha=alpha)
 
 
-def _planes(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 -> (3, H, W) float32 contiguous planes (fast per-channel arithmetic)."""
-    return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
-
-
 def rgb_to_hsv_u8(image: np.ndarray) -> np.ndarray:
-    """8-bit RGB -> 8-bit HSV with H in [0, 180) (half degrees), S and V in [0, 255].
+    """8-bit RGB -> 8-bit HSV with OpenCV (``cv2.COLOR_RGB2HSV``).
 
-    ``V = max(R, G, B)``, ``S = round(255 * (V - min) / V)``, ``H = round(hue_degrees / 2) % 180``
-    with the hue of the maximal channel (R, then G, then B on ties); grey pixels get H = 0.
+    OpenCV's definition: ``V = max(R, G, B)``, ``S = 255 * (V - min) / V`` (0 when V = 0),
+    ``H = 60 * (G - B) / (V - min)`` (V = R), ``120 + 60 * (B - R) / (V - min)`` (V = G),
+    ``240 + 60 * (R - G) / (V - min)`` (V = B), plus 360 when negative, stored as ``H / 2``
+    in [0, 180); S and H are rounded to the nearest integer (OpenCV's fixed-point tables).
 
     Args:
         image: (H, W, 3) uint8 RGB.
@@ -109,62 +151,23 @@ def rgb_to_hsv_u8(image: np.ndarray) -> np.ndarray:
     Returns:
         (H, W, 3) uint8 HSV.
     """
-    r, g, b = _planes(image)
-    v = np.maximum(np.maximum(r, g), b)
-    diff = v - np.minimum(np.minimum(r, g), b)
-    s = np.rint(diff * np.float32(255.0) / np.maximum(v, np.float32(1.0)))
-    # One-hot masks of the maximal channel (R, then G, then B on ties); arithmetic blends are
-    # several times faster than nested np.where on these planes.
-    is_r = (v == r).astype(np.float32)
-    is_g = (v == g).astype(np.float32) * (1.0 - is_r)
-    is_b = 1.0 - is_r - is_g
-    numerator = is_r * (g - b) + is_g * (b - r) + is_b * (r - g)
-    base = np.float32(120.0) * is_g + np.float32(240.0) * is_b
-    # Half degrees in [-30, 180]; grey pixels (diff 0) have numerator 0 and base 0 (R is the max).
-    h = np.rint((base + np.float32(60.0) * numerator / np.maximum(diff, np.float32(1.0))) * np.float32(0.5))
-    h += np.float32(180.0) * (h < 0)
-    h -= np.float32(180.0) * (h >= 180)
-    return np.stack([h, s, v], axis=-1).astype(np.uint8)
+    import cv2
 
-
-def _hsv_to_rgb_factors() -> np.ndarray:
-    """(180 * 256, 3) float32: RGB / V for every 8-bit (H, S) pair, the standard HSV formulas."""
-    hue, sat = np.meshgrid(np.arange(180, dtype=np.float32), np.arange(256, dtype=np.float32), indexing="ij")
-    h = hue.ravel() * np.float32(2.0 / 60.0)  # sector units in [0, 6)
-    s = sat.ravel() / np.float32(255.0)
-    sector = np.floor(h)
-    f = h - sector
-    sector = sector.astype(np.int64) % 6
-    one = np.ones_like(s)
-    p = one - s
-    q = one - s * f
-    t = one - s * (one - f)
-    # For each sector, which of (1, t, p, q) scales R, G, B.
-    r = np.choose(sector, [one, q, p, p, t, one])
-    g = np.choose(sector, [t, one, one, q, p, p])
-    b = np.choose(sector, [p, p, t, one, one, q])
-    return np.stack([r, g, b], axis=0).astype(np.float32)
-
-
-_HSV_FACTORS: np.ndarray = _hsv_to_rgb_factors()
+    return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2HSV)
 
 
 def hsv_u8_to_rgb(hsv: np.ndarray) -> np.ndarray:
-    """8-bit HSV (H in [0, 180) half degrees) -> 8-bit RGB, rounded to the nearest integer.
+    """8-bit HSV (H in [0, 180) half degrees) -> 8-bit RGB with OpenCV (``cv2.COLOR_HSV2RGB``).
 
     Args:
         hsv: (H, W, 3) uint8.
 
     Returns:
-        (H, W, 3) uint8 RGB.
+        (H, W, 3) uint8 RGB (the standard HSV sector formulas, rounded to the nearest integer).
     """
-    h, s, v = _planes(hsv)
-    index = (h.astype(np.int32) % 180) * 256 + s.astype(np.int32)
-    out = np.empty(hsv.shape, dtype=np.uint8)
-    for channel in range(3):
-        values = np.take(_HSV_FACTORS[channel], index) * v
-        out[..., channel] = np.clip(np.rint(values), 0, 255)
-    return out
+    import cv2
+
+    return cv2.cvtColor(np.ascontiguousarray(hsv), cv2.COLOR_HSV2RGB)
 
 
 def adjust_saturation(image: np.ndarray, alpha: float) -> np.ndarray:
@@ -269,25 +272,40 @@ def _process_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+#: What :meth:`SegmentationTransform.transform_example` returns for one example.
+Example = dict[str, torch.Tensor]
+
+
 class SegmentationTransform:
-    """Batch transform for ``Dataset.set_transform``: PIL image + label -> model inputs.
+    """Image + label (+ instance map) -> model inputs; a batch transform for ``Dataset.set_transform``.
 
     Args:
         size: side of the square model input (the reference: 512).
         train: apply the random flip and photometric distortion (training); otherwise resize only.
         mean, std: normalisation on the 0-255 scale (defaults: the reference's).
-        seed: base seed of the augmentation stream. The stream also depends on the DataLoader
-            worker (``torch.initial_seed()`` there, which changes per worker and per epoch) and
-            on the process rank, so workers and ranks never repeat each other's draws while a
-            run stays reproducible for a given seed.
-        resize_label: resize the label to ``size`` (training). For evaluation the reference
-            scores at the label's own resolution, so by default the label is left as stored.
+        seed: base seed of the augmentation draws.
+        resize_label: resize the label (and instance map) to ``size`` (training). For evaluation
+            the reference scores at the label's own resolution, so by default the label is left
+            as stored.
         image_column, label_column: dataset columns.
         photometric: apply the photometric distortion (training only).
         flip_prob: probability of the horizontal flip (training only).
+        keep_instances: also carry the example's instance map (``instance_column``, (H, W)
+            uint16/int32 nucleus ids, 0 = none) through the same geometric ops as the label (the
+            same nearest resize, the same flip; never the photometric ops) and return it as
+            ``"instance_mask"``, an int64 (h, w) tensor. Off by default: the instance maps are
+            then never decoded.
+        instance_column: dataset column of the instance map.
+
+    Random draws. Given a ``key`` (:meth:`transform_example`; :class:`AugmentedDataset` passes
+    ``(epoch, index)``), the flip and distortion of an example are drawn from a generator seeded
+    with ``(seed, epoch, index)``: the same example in the same epoch is augmented identically in
+    any process, worker or resumed run, and differently in every other epoch. Without a key (the
+    ``set_transform`` path) draws come from one stream per process, seeded with ``seed``, the
+    DataLoader worker's seed and the process rank, so workers and ranks never repeat each other.
 
     Returns (when called on a batch dict): ``{"pixel_values": [(3, size, size) float32],
-    "labels": [(h, w) int64]}``.
+    "labels": [(h, w) int64]}`` (+ ``"instance_mask": [(h, w) int64]`` with ``keep_instances``).
     """
 
     def __init__(
@@ -302,6 +320,8 @@ class SegmentationTransform:
         label_column: str = "semantic_mask",
         photometric: bool = True,
         flip_prob: float = 0.5,
+        keep_instances: bool = False,
+        instance_column: str = "instance_mask",
     ) -> None:
         self.size = int(size)
         self.train = bool(train)
@@ -313,22 +333,78 @@ class SegmentationTransform:
         self.label_column = label_column
         self.photometric = photometric
         self.flip_prob = float(flip_prob)
+        self.keep_instances = bool(keep_instances)
+        self.instance_column = instance_column
         self._rng: np.random.Generator | None = None
         self._rng_key: tuple[int, int] | None = None
 
-    def _generator(self) -> np.random.Generator:
+    @property
+    def columns(self) -> list[str]:
+        """The dataset columns this transform reads."""
+        return [self.image_column, self.label_column] + (
+            [self.instance_column] if self.keep_instances else []
+        )
+
+    def _generator(self, key: tuple[int, int] | None = None) -> np.random.Generator:
+        if key is not None:
+            epoch, index = key
+            return np.random.default_rng([self.seed, int(epoch), int(index)])
         info = torch.utils.data.get_worker_info()
         worker_seed = info.seed if info is not None else 0
-        key = (os.getpid(), worker_seed)
-        if self._rng is None or self._rng_key != key:
+        process_key = (os.getpid(), worker_seed)
+        if self._rng is None or self._rng_key != process_key:
             self._rng = np.random.default_rng([self.seed, worker_seed, _process_rank()])
-            self._rng_key = key
+            self._rng_key = process_key
         return self._rng
+
+    def _geometry(self, array: Any) -> np.ndarray | None:
+        if array is None:
+            return None
+        return resize_label(array, self.size) if self.resize_label else np.asarray(array)
+
+    def transform_example(
+        self,
+        image: Image.Image | np.ndarray,
+        label: Image.Image | np.ndarray | None = None,
+        instance_mask: Image.Image | np.ndarray | None = None,
+        key: tuple[int, int] | None = None,
+    ) -> Example:
+        """Transform one example.
+
+        Args:
+            image: PIL RGB image or (H, W, 3) uint8 array.
+            label: label map (H, W), or None.
+            instance_mask: instance map (H, W), or None; returned only with ``keep_instances``.
+            key: ``(epoch, index)`` seeding this example's draws (training), or None for the
+                per-process stream.
+
+        Returns:
+            ``{"pixel_values": (3, size, size) float32}`` plus ``"labels"`` (h, w) int64 when a
+            label is given and ``"instance_mask"`` (h, w) int64 when ``keep_instances`` and an
+            instance map is given.
+        """
+        img = resize_image(image, self.size)
+        lab = self._geometry(label)
+        inst = self._geometry(instance_mask) if self.keep_instances else None
+        if self.train:
+            rng = self._generator(key)
+            if rng.random() < self.flip_prob:
+                img = hflip(img)
+                lab = None if lab is None else hflip(lab)
+                inst = None if inst is None else hflip(inst)
+            if self.photometric:
+                img = apply_photometric(img, sample_photometric_params(rng))
+        out: Example = {"pixel_values": normalize_to_tensor(img, self.mean, self.std)}
+        if lab is not None:
+            out["labels"] = torch.from_numpy(lab.astype(np.int64))
+        if inst is not None:
+            out["instance_mask"] = torch.from_numpy(inst.astype(np.int64))
+        return out
 
     def transform_one(
         self, image: Image.Image, label: Image.Image | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Transform one example.
+        """Transform one image and label (per-process stream of draws).
 
         Args:
             image: PIL RGB image (H, W).
@@ -337,31 +413,25 @@ class SegmentationTransform:
         Returns:
             ``(pixel_values (3, size, size) float32, labels (h, w) int64 or None)``.
         """
-        if self.resize_label:
-            img, lab = resize_pair(image, label, self.size)
-        else:
-            img, _ = resize_pair(image, None, self.size)
-            lab = None if label is None else np.asarray(label, dtype=np.uint8)
-        if self.train:
-            rng = self._generator()
-            if rng.random() < self.flip_prob:
-                img = hflip(img)
-                lab = None if lab is None else hflip(lab)
-            if self.photometric:
-                img = apply_photometric(img, sample_photometric_params(rng))
-        labels = None if lab is None else torch.from_numpy(lab.astype(np.int64))
-        return normalize_to_tensor(img, self.mean, self.std), labels
+        out = self.transform_example(image, label)
+        return out["pixel_values"], out.get("labels")
+
+    def transform_batch(
+        self, batch: dict[str, list[Any]], keys: Sequence[tuple[int, int]] | None = None
+    ) -> dict[str, list[torch.Tensor]]:
+        """Transform a batch dict (lists per column), optionally with one draw key per example."""
+        images = batch[self.image_column]
+        labels = batch.get(self.label_column, [None] * len(images))
+        instances = batch.get(self.instance_column) if self.keep_instances else None
+        instances = instances if instances is not None else [None] * len(images)
+        keys = [None] * len(images) if keys is None else list(keys)
+        out: dict[str, list[torch.Tensor]] = {"pixel_values": [], "labels": [], "instance_mask": []}
+        for image, label, instance, key in zip(images, labels, instances, keys):
+            example = self.transform_example(image, label, instance, key)
+            for name, value in example.items():
+                out[name].append(value)
+        return {name: values for name, values in out.items() if values}
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[torch.Tensor]]:
         """Transform a batch dict (lists of PIL images) as ``set_transform`` passes it."""
-        images = batch[self.image_column]
-        labels = batch.get(self.label_column, [None] * len(images))
-        out: dict[str, list[torch.Tensor]] = {"pixel_values": [], "labels": []}
-        for image, label in zip(images, labels):
-            pixel_values, target = self.transform_one(image, label)
-            out["pixel_values"].append(pixel_values)
-            if target is not None:
-                out["labels"].append(target)
-        if not out["labels"]:
-            del out["labels"]
-        return out
+        return self.transform_batch(batch)

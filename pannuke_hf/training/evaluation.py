@@ -45,7 +45,9 @@ class EvalImageCounter:
 
     def __call__(self, eval_pred: Any, compute_result: bool = True) -> dict[str, float]:
         """Count the batch, then defer to the wrapped metric."""
-        self.count += int(eval_pred.label_ids.shape[0])
+        labels = eval_pred.label_ids
+        labels = labels[0] if isinstance(labels, (tuple, list)) else labels
+        self.count += int(labels.shape[0])
         metrics = self.compute_metrics(eval_pred, compute_result)
         if compute_result:
             metrics = {**metrics, "num_images": self.count}
@@ -53,12 +55,89 @@ class EvalImageCounter:
         return metrics
 
 
-def metric_functions() -> dict[str, Any]:
-    """``Trainer`` keyword arguments for memory-flat PanNuke metrics (with ``batch_eval_metrics=True``)."""
+def metric_functions(
+    instance_metrics: bool = False, instance_mode: str = "auto", min_size: int = 10
+) -> dict[str, Any]:
+    """``Trainer`` keyword arguments for memory-flat PanNuke metrics (with ``batch_eval_metrics=True``).
+
+    Args:
+        instance_metrics: also score nuclei (mPQ, bPQ, F1_d ...): each batch is post-processed into
+            nuclei (``instance_mode``) and compared with the batch's ``instance_mask`` (build the
+            evaluation split with ``with_transform(..., keep_instances=True)``).
+        instance_mode: one of ``pannuke_hf.metrics.trainer.INSTANCE_MODES`` (``auto``: the
+            distance-map head when the model has one, else the semantic watershed).
+        min_size: smallest nucleus kept by the post-processing, in pixels of the labels.
+    """
+    semantic = make_compute_metrics(NUM_LABELS, IGNORE_INDEX, ID2LABEL)
+    if not instance_metrics:
+        return {
+            "compute_metrics": EvalImageCounter(semantic),
+            "preprocess_logits_for_metrics": preprocess_logits_for_metrics,
+        }
+    from ..constants import TISSUES
+    from ..metrics.trainer import InstancePredictions, SegmentationAndInstanceMetrics
+
     return {
-        "compute_metrics": EvalImageCounter(make_compute_metrics(NUM_LABELS, IGNORE_INDEX, ID2LABEL)),
-        "preprocess_logits_for_metrics": preprocess_logits_for_metrics,
+        "compute_metrics": EvalImageCounter(SegmentationAndInstanceMetrics(semantic, tissue_names=TISSUES)),
+        "preprocess_logits_for_metrics": InstancePredictions(instance_mode, min_size),
     }
+
+
+#: (heading, metric key) of the nucleus-level table, in order.
+NUCLEI_TABLE_KEYS: tuple[tuple[str, str], ...] = (
+    ("mPQ", "mPQ"),
+    ("bPQ", "bPQ"),
+    ("F1_d", "F1_detection"),
+    ("mPQ (image avg)", "mPQ_image"),
+    ("bPQ (image avg)", "bPQ_image"),
+)
+
+
+def nuclei_results(metrics: Mapping[str, Any], prefix: str = "eval_") -> dict[str, Any] | None:
+    """The nucleus-level part of the evaluation metrics, or None when they were not computed.
+
+    Returns:
+        ``{"mPQ", "bPQ", "F1_d", "mPQ_image", "bPQ_image", "DQ", "SQ", "per_class": {name: {"PQ",
+        "F1"}}}`` as fractions (NaN as None).
+    """
+    if f"{prefix}bPQ" not in metrics:
+        return None
+
+    def number(key: str) -> float | None:
+        value = metrics.get(f"{prefix}{key}")
+        return None if value is None or value != value else float(value)
+
+    out = {name: number(key) for name, key in NUCLEI_TABLE_KEYS if name in ("mPQ", "bPQ", "F1_d")}
+    out.update({key: number(key) for key in ("mPQ_image", "bPQ_image", "DQ", "SQ")})
+    out["per_class"] = {
+        name: {"PQ": number(f"PQ_{name}"), "F1": number(f"F1_{name}")}
+        for name in ID2LABEL.values()
+        if name != ID2LABEL[0]
+    }
+    return out
+
+
+def nuclei_table(metrics: Mapping[str, Any], prefix: str = "eval_") -> str:
+    """Markdown table of the nucleus scores (percent): mPQ, bPQ, F1_d, image-averaged mPQ / bPQ, then
+    the PQ of each class; empty string when they were not computed."""
+    if f"{prefix}bPQ" not in metrics:
+        return ""
+
+    def percent(key: str) -> str:
+        value = metrics.get(f"{prefix}{key}")
+        return "n/a" if value is None or value != value else f"{100 * float(value):.2f}"
+
+    names = [name for i, name in sorted(ID2LABEL.items()) if i != 0]
+    lines = [
+        "| " + " | ".join(heading for heading, _ in NUCLEI_TABLE_KEYS) + " |",
+        "|" + "---:|" * len(NUCLEI_TABLE_KEYS),
+        "| " + " | ".join(percent(key) for _, key in NUCLEI_TABLE_KEYS) + " |",
+        "",
+        "| " + " | ".join(f"PQ {name}" for name in names) + " |",
+        "|" + "---:|" * len(names),
+        "| " + " | ".join(percent(f"PQ_{name}") for name in names) + " |",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def evaluate_and_report(
@@ -86,9 +165,18 @@ def evaluate_and_report(
     if trainer.is_world_process_zero():
         num_images = int(metrics.get("eval_num_images", 0))
         table = results_table(metrics)
+        nuclei = nuclei_results(metrics)
+        if nuclei is not None:
+            table += "\nNuclei (PanNuke protocol: PQ per image, then over tissues; F1_d pooled):\n\n"
+            table += nuclei_table(metrics)
         print(f"\nResults on `{split}` ({num_images} images):\n\n{table}", flush=True)
         document_extra = {"num_images": num_images, **(extra or {})}
-        save_results(metrics, output_dir, split=split, extra=document_extra)
+        if nuclei is not None:
+            document_extra["nuclei"] = nuclei
+        paths = save_results(metrics, output_dir, split=split, extra=document_extra)
+        if nuclei is not None:
+            with open(paths["markdown"], "a") as markdown:
+                markdown.write("\n## Nuclei\n\n" + nuclei_table(metrics))
         metrics["results"] = results_to_json(metrics, split=split, extra=document_extra)
         metrics["results_markdown"] = table
     return metrics
@@ -137,6 +225,8 @@ def evaluate_checkpoint(
     cache_dir: str | None = None,
     num_workers: int = 0,
     use_cpu: bool = False,
+    instance_metrics: bool | None = None,
+    instance_mode: str = "auto",
 ) -> dict[str, Any]:
     """Score a checkpoint on a PanNuke split (the reference's "testing command").
 
@@ -155,6 +245,9 @@ def evaluate_checkpoint(
         cache_dir: datasets cache folder.
         num_workers: DataLoader workers.
         use_cpu: stay on the CPU even when a GPU is present.
+        instance_metrics: also score nuclei (mPQ, bPQ, F1_d); default: when the model has an
+            instance head.
+        instance_mode: how nuclei are made (see :func:`metric_functions`).
 
     Returns:
         The evaluation metrics (``eval_`` prefix; ``results`` holds the JSON document).
@@ -170,12 +263,15 @@ def evaluate_checkpoint(
         )
     model, processor = load_checkpoint(model_path)
     size = image_size or int(getattr(processor, "size", {}).get("height", 512))
+    if instance_metrics is None:
+        instance_metrics = getattr(model.config, "instance_head", None) is not None
     dataset = with_transform(
         take_first(splits[split], max_samples),
         size,
         train=False,
         mean=processor.image_mean,
         std=processor.image_std,
+        keep_instances=instance_metrics,
     )
     args = PanNukeTrainingArguments(
         output_dir=str(out_dir),
@@ -190,7 +286,7 @@ def evaluate_checkpoint(
         args=args,
         data_collator=collate_segmentation,
         processing_class=processor,
-        **metric_functions(),
+        **metric_functions(instance_metrics, instance_mode),
     )
     extra = {"checkpoint": str(model_path), "split_scheme": split_scheme, "image_size": size}
     return evaluate_and_report(trainer, dataset, split, out_dir, extra)

@@ -20,6 +20,9 @@ TAGS: tuple[str, ...] = (
 )
 DATASET_ID: str = "pannuke"
 DATASET_NAME: str = "PanNuke"
+#: model-index dataset of a run on generated data (the demo): never PanNuke's name.
+SYNTHETIC_DATASET_ID: str = "pannuke-hf-generated"
+SYNTHETIC_DATASET_NAME: str = "Generated PanNuke-format data (pannuke-hf make-synthetic)"
 
 #: Training hyper-parameters shown in the card (never tokens or paths to private data).
 CARD_HYPERPARAMETERS: tuple[str, ...] = (
@@ -50,6 +53,7 @@ def card_metadata(
     results: Mapping[str, Any] | None,
     split: str,
     dataset_id: str = DATASET_ID,
+    synthetic_data: bool = False,
 ) -> ModelCardData:
     """The YAML header: licence, dataset, tags, library and the model-index with mIoU / mDice.
 
@@ -58,10 +62,15 @@ def card_metadata(
         results: the document of ``pannuke_hf.metrics.results_to_json`` (``summary`` fractions), or None.
         split: evaluated split name.
         dataset_id: dataset identifier (Hub id of the PanNuke dataset used).
+        synthetic_data: the run used generated data: the model-index names that data, not PanNuke.
 
     Returns:
         A ``huggingface_hub.ModelCardData``.
     """
+    if synthetic_data:
+        dataset_id, dataset_name = SYNTHETIC_DATASET_ID, SYNTHETIC_DATASET_NAME
+    else:
+        dataset_name = DATASET_NAME
     eval_results = None
     if results and results.get("summary"):
         eval_results = [
@@ -69,7 +78,7 @@ def card_metadata(
                 task_type="image-segmentation",
                 task_name="Semantic segmentation",
                 dataset_type=dataset_id,
-                dataset_name=DATASET_NAME,
+                dataset_name=dataset_name,
                 dataset_split=split,
                 metric_type=metric_type,
                 metric_name=name,
@@ -78,10 +87,26 @@ def card_metadata(
             for metric_type, name, key in (("mean_iou", "mIoU", "mIoU"), ("dice", "mDice", "mDice"))
             if results["summary"].get(key) is not None
         ]
+        # Nucleus-level scores (training.evaluation.nuclei_results), when evaluation computed them.
+        nuclei = results.get("nuclei") or {}
+        eval_results += [
+            EvalResult(
+                task_type="image-segmentation",
+                task_name="Nucleus instance segmentation",
+                dataset_type=dataset_id,
+                dataset_name=dataset_name,
+                dataset_split=split,
+                metric_type=metric_type,
+                metric_name=name,
+                metric_value=round(100 * float(nuclei[name]), 2),
+            )
+            for metric_type, name in (("mpq", "mPQ"), ("bpq", "bPQ"), ("f1", "F1_d"))
+            if nuclei.get(name) is not None
+        ]
     return ModelCardData(
         model_name=model_name,
         license=LICENSE,
-        datasets=[dataset_id],
+        datasets=None if synthetic_data else [dataset_id],
         tags=list(TAGS),
         library_name="transformers",
         pipeline_tag="image-segmentation",
@@ -128,11 +153,12 @@ def render_model_card(
     Returns:
         The Markdown text.
     """
-    meta = card_metadata(model_name, results, split, dataset_id)
+    meta = card_metadata(model_name, results, split, dataset_id, synthetic_data=synthetic_data)
+    data_name = SYNTHETIC_DATASET_NAME if synthetic_data else DATASET_NAME
     lines = ["---", meta.to_yaml().strip(), "---", "", f"# {model_name}", ""]
     lines.append(
         "A UNet-FCN (the mmsegmentation `fcn_unet_s5-d16` architecture) for semantic segmentation of "
-        "nuclei in H&E histology patches, trained on PanNuke with "
+        f"nuclei in H&E histology patches, trained on {'generated PanNuke-format data' if synthetic_data else 'PanNuke'} with "
         "the pannuke-hf toolkit (`transformers.Trainer`)."
     )
     lines.append("")
@@ -156,7 +182,7 @@ def render_model_card(
         "",
         "## Training configuration",
         "",
-        f"- data: PanNuke, split scheme `{split_scheme}`, evaluated on `{split}`",
+        f"- data: {data_name}, split scheme `{split_scheme}`, evaluated on `{split}`",
     ]
     if image_size:
         lines.append(f"- input size: {image_size}x{image_size} (patches resized), reference augmentations")

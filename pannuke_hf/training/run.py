@@ -1,7 +1,8 @@
 """The training script: ``accelerate launch train.py [config.yaml] [--flags]`` or ``pannuke-hf train``.
 
 :func:`run` reads top to bottom: arguments -> data -> model -> transforms -> Trainer -> train ->
-evaluate -> results -> push. Run without arguments it is the built-in demo (``configs/demo.yaml``).
+evaluate -> results -> push. Without a configuration file it is the built-in demo (``configs/demo.yaml``),
+which flags given alone override.
 """
 
 from __future__ import annotations
@@ -19,8 +20,16 @@ from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, T
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..constants import ID2LABEL, NUM_LABELS
+from ..errors import EXIT_FAILURE, EXIT_USAGE, UsageError
 from .arguments import DataArguments, ModelArguments, PanNukeTrainingArguments, parse_arguments
-from .data import collate_segmentation, ensure_synthetic_data, load_splits, take_first, with_transform
+from .data import (
+    AugmentationEpochCallback,
+    collate_segmentation,
+    ensure_synthetic_data,
+    load_splits,
+    take_first,
+    with_transform,
+)
 from .evaluation import check_num_labels, evaluate_and_report, metric_functions
 from .trainer import PanNukeTrainer, convert_to_sync_batchnorm
 
@@ -37,14 +46,31 @@ LATEST_CHECKPOINT_WORDS: frozenset[str] = frozenset({"latest", "last", "true", "
 # ---------------------------------------------------------------------------------------------
 
 
-def default_argv(argv: Sequence[str] | None) -> list[str]:
-    """The arguments to parse: ``argv`` (default ``sys.argv[1:]``), or the demo config when empty."""
+def _has_flag(argv: Sequence[str], name: str) -> bool:
+    return any(arg == name or arg.startswith(name + "=") for arg in argv)
+
+
+def default_argv(argv: Sequence[str] | None, flags_override_demo: bool = True) -> list[str]:
+    """The arguments to parse: ``argv`` (default ``sys.argv[1:]``) with the demo config by default.
+
+    Without a configuration file the demo configuration (``configs/demo.yaml``) supplies the
+    defaults: no arguments at all is the demo, and flags alone override it (the command line,
+    ``flags_override_demo=True``), so ``python train.py --torch_num_threads 1`` is the demo on one
+    thread. ``--data_dir`` given without ``--synthetic_data`` means data already there: it then
+    implies ``--synthetic_data false`` (the demo never generates into a folder named for real
+    data). With ``flags_override_demo=False`` (programmatic callers such as ``pannuke-hf
+    protocol``) flags alone are parsed as they are, over the arguments' own defaults.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv:
+    if argv and (not argv[0].startswith("-") or not flags_override_demo):
         return argv
     if not DEMO_CONFIG.is_file():
-        raise FileNotFoundError(f"no arguments given and the demo configuration {DEMO_CONFIG} is missing")
-    return [str(DEMO_CONFIG)]
+        raise FileNotFoundError(
+            f"no configuration file given and the demo configuration {DEMO_CONFIG} is missing"
+        )
+    if _has_flag(argv, "--data_dir") and not _has_flag(argv, "--synthetic_data"):
+        argv += ["--synthetic_data", "false"]
+    return [str(DEMO_CONFIG), *argv]
 
 
 def setup_logging(training_args: PanNukeTrainingArguments) -> None:
@@ -74,10 +100,13 @@ def resolve_data_dir(data_args: DataArguments, training_args: PanNukeTrainingArg
     if data_args.synthetic_data:
         with training_args.main_process_first(desc="generating data"):
             return ensure_synthetic_data(
-                data_args.data_dir, data_args.synthetic_patches_per_fold, data_args.synthetic_seed
+                data_args.data_dir,
+                data_args.synthetic_patches_per_fold,
+                data_args.synthetic_seed,
+                touching=data_args.synthetic_touching,
             )
     if not data_args.data_dir:
-        raise ValueError(
+        raise UsageError(
             "no data: pass --data_dir with the raw PanNuke folds (see `pannuke-hf prepare`), "
             "or --synthetic_data true for generated data"
         )
@@ -87,7 +116,8 @@ def resolve_data_dir(data_args: DataArguments, training_args: PanNukeTrainingArg
 def build_model(
     model_args: ModelArguments, image_size: int
 ) -> tuple[transformers.PreTrainedModel, transformers.BaseImageProcessor]:
-    """A fresh UNet-FCN (``--base_channels``, ``--num_stages``) or a checkpoint, with its processor.
+    """A fresh UNet-FCN (``--base_channels``, ``--num_stages``, ``--instance_head``) or a checkpoint, with
+    its processor (``--instance_head hv`` on a checkpoint without the head adds it, freshly initialised).
 
     Args:
         model_args: model arguments.
@@ -99,14 +129,19 @@ def build_model(
     from ..models.unet_fcn import UNetFCNConfig, UNetFCNForSemanticSegmentation, UNetFCNImageProcessor
 
     size = {"height": image_size, "width": image_size}
+    head = {}
+    if model_args.instance_head:
+        head["instance_head"] = model_args.instance_head
+    if model_args.hv_msge_loss_weight is not None:
+        head["hv_msge_loss_weight"] = model_args.hv_msge_loss_weight
     if model_args.model_name_or_path:
         source = model_args.model_name_or_path
         if model_args.ignore_mismatched_sizes:
             model = AutoModelForSemanticSegmentation.from_pretrained(
-                source, num_labels=NUM_LABELS, id2label=ID2LABEL, ignore_mismatched_sizes=True
+                source, num_labels=NUM_LABELS, id2label=ID2LABEL, ignore_mismatched_sizes=True, **head
             )
         else:
-            model = AutoModelForSemanticSegmentation.from_pretrained(source)
+            model = AutoModelForSemanticSegmentation.from_pretrained(source, **head)
         check_num_labels(model.config, source)
         try:
             processor = AutoImageProcessor.from_pretrained(source)
@@ -120,6 +155,7 @@ def build_model(
             classifier_init_std=model_args.classifier_init_std,
             num_labels=NUM_LABELS,
             id2label=ID2LABEL,
+            **head,
         )
         model = UNetFCNForSemanticSegmentation(config)
         processor = UNetFCNImageProcessor(size=size)
@@ -169,14 +205,16 @@ def run(argv: Sequence[str] | None = None, callbacks: list[TrainerCallback] | No
     """Train and/or evaluate a UNet-FCN on PanNuke; see ``python train.py --help``.
 
     Args:
-        argv: ``[config.yaml|json] [--flags]`` (default ``sys.argv[1:]``; empty = the demo).
+        argv: ``[config.yaml|json] [--flags]`` (default ``sys.argv[1:]``; empty = the demo; the
+            command line's :func:`main` also lets flags alone override the demo, see
+            :func:`default_argv`).
         callbacks: extra ``TrainerCallback`` instances.
 
     Returns:
         The final evaluation metrics (empty when ``--do_eval false``).
     """
     # 1. Arguments
-    data_args, model_args, training_args = parse_arguments(default_argv(argv))
+    data_args, model_args, training_args = parse_arguments(default_argv(argv, flags_override_demo=False))
     keep_token_out_of_files(training_args)
     setup_logging(training_args)
     if training_args.torch_num_threads:
@@ -191,7 +229,7 @@ def run(argv: Sequence[str] | None = None, callbacks: list[TrainerCallback] | No
             data_dir, data_args.split_scheme, data_args.dataset_cache_dir, data_args.build_num_proc
         )
     if data_args.eval_split not in splits:
-        raise ValueError(
+        raise UsageError(
             f"--eval_split {data_args.eval_split!r} does not exist for --split_scheme "
             f"{data_args.split_scheme!r} (splits: {list(splits)})"
         )
@@ -201,8 +239,14 @@ def run(argv: Sequence[str] | None = None, callbacks: list[TrainerCallback] | No
     if training_args.sync_bn:
         model = convert_to_sync_batchnorm(model, training_args.world_size, training_args.device.type)
 
-    # 4. Lazy transforms (decode -> resize -> flip + photometric distortion -> normalise)
+    # 4. Lazy transforms (decode -> resize -> flip + photometric distortion -> normalise); with the
+    #    distance-map head, its targets from the transformed instance map; with nucleus-level
+    #    metrics, the evaluation rows keep their instance map
     size, mean, std = data_args.image_size, processor.image_mean, processor.image_std
+    has_instance_head = getattr(model.config, "instance_head", None) is not None
+    instance_metrics = (
+        has_instance_head if training_args.instance_metrics is None else training_args.instance_metrics
+    )
     train_dataset = with_transform(
         take_first(splits["train"], data_args.max_train_samples),
         size,
@@ -211,9 +255,12 @@ def run(argv: Sequence[str] | None = None, callbacks: list[TrainerCallback] | No
         mean=mean,
         std=std,
         seed=training_args.seed,
+        instance_targets=has_instance_head,
     )
     raw_eval = take_first(splits[data_args.eval_split], data_args.max_eval_samples)
-    eval_dataset = with_transform(raw_eval, size, train=False, mean=mean, std=std)
+    eval_dataset = with_transform(
+        raw_eval, size, train=False, mean=mean, std=std, keep_instances=instance_metrics
+    )
 
     # 5. Trainer with the reference optimizer / schedule and streaming metrics
     model_card_info = {
@@ -221,7 +268,11 @@ def run(argv: Sequence[str] | None = None, callbacks: list[TrainerCallback] | No
         "split_scheme": data_args.split_scheme,
         "image_size": size,
         "synthetic_data": data_args.synthetic_data,
-        "model_config": {"base_channels": model.config.base_channels, "num_stages": model.config.num_stages},
+        "model_config": {
+            "base_channels": model.config.base_channels,
+            "num_stages": model.config.num_stages,
+            **({"instance_head": model.config.instance_head} if has_instance_head else {}),
+        },
     }
     trainer = PanNukeTrainer(
         model=model,
@@ -230,8 +281,11 @@ def run(argv: Sequence[str] | None = None, callbacks: list[TrainerCallback] | No
         eval_dataset=eval_dataset,
         data_collator=collate_segmentation,
         processing_class=processor,
-        **metric_functions(),
-        callbacks=callbacks,
+        **metric_functions(
+            instance_metrics, training_args.instance_postprocess, training_args.instance_min_size
+        ),
+        # the augmentation draws are keyed by (epoch, row): tell the dataset each epoch
+        callbacks=[*(callbacks or []), AugmentationEpochCallback(train_dataset)],
         model_card_info=model_card_info,
     )
 
@@ -279,14 +333,29 @@ def run(argv: Sequence[str] | None = None, callbacks: list[TrainerCallback] | No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point: run, print clear errors for bad input, return an exit status."""
+    """Command-line entry point: run, print clear errors for bad input, return an exit status.
+
+    Exit codes (see :mod:`pannuke_hf.errors`): 0 success, 1 the run failed (data, model,
+    checkpoint), 2 the command line or configuration file cannot be used.
+    """
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "train.py"
     try:
+        argv = default_argv(argv)
+        try:
+            parse_arguments(argv)  # the command line first: its errors are usage errors
+        except (ValueError, FileNotFoundError) as error:
+            raise UsageError(str(error)) from error
         run(argv)
-    except (ValueError, FileNotFoundError, KeyError) as error:
+    except UsageError as error:
         if os.environ.get("PANNUKE_HF_TRACEBACK"):
             raise
-        print(f"train.py: error: {error}", file=sys.stderr)
-        return 2
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, OSError, KeyError) as error:
+        if os.environ.get("PANNUKE_HF_TRACEBACK"):
+            raise
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -1,9 +1,12 @@
 """Optimizer and learning-rate schedule of the reference runs ("1xb16 20k").
 
 The reference trains with SGD (momentum 0.9, weight decay 0.0005 on every parameter) and a
-polynomial decay with a floor::
+polynomial decay with a floor, for optimizer steps ``t = 0 .. total_steps - 1``::
 
-    lr(t) = (lr0 - min_lr) * (1 - t / total_steps) ** power + min_lr,   min_lr = 1e-4, power = 0.9
+    lr(t) = (lr0 - min_lr) * (1 - t / (total_steps - 1)) ** power + min_lr,   min_lr = 1e-4, power = 0.9
+
+The divisor is ``total_steps - 1``, as mmengine's ``PolyLR(begin=0, end=total_steps)`` (its
+``end - begin - 1``): the last step (``t = 19999`` of 20,000) runs at exactly ``min_lr``.
 
 ``transformers.get_polynomial_decay_schedule_with_warmup`` refuses ``lr_end >= lr_init``, and one
 published run has ``lr0 == min_lr``, so the schedule is implemented here as a plain
@@ -31,20 +34,25 @@ def poly_lr(
     """Learning rate of the reference polynomial schedule at optimizer step ``step``.
 
     Args:
-        step: number of optimizer steps already taken (0 for the first update). Steps past
-            ``total_steps`` stay at ``min_lr``.
+        step: number of optimizer steps already taken (0 for the first update). Steps at or past
+            ``total_steps - 1`` run at ``min_lr``.
         base_lr: the initial learning rate ``lr0``.
-        total_steps: length of the decay (the reference: 20,000).
-        min_lr: the floor reached at ``total_steps``.
+        total_steps: number of optimizer steps of the run (the reference: 20,000).
+        min_lr: the floor, reached at the last step ``total_steps - 1``.
         power: exponent of the decay.
 
     Returns:
-        ``(base_lr - min_lr) * (1 - t / total_steps) ** power + min_lr`` with ``t = min(step, total)``.
+        ``(base_lr - min_lr) * (1 - t / (total_steps - 1)) ** power + min_lr`` with
+        ``t = min(step, total_steps - 1)``; ``base_lr`` throughout when ``total_steps == 1`` (a
+        single step runs at ``lr0``, as mmengine's scheduler does at its first step).
     """
     if total_steps <= 0:
         raise ValueError(f"total_steps must be positive, got {total_steps}")
-    t = min(max(step, 0), total_steps)
-    return (base_lr - min_lr) * (1.0 - t / total_steps) ** power + min_lr
+    last = total_steps - 1
+    if last == 0:
+        return base_lr
+    t = min(max(step, 0), last)
+    return (base_lr - min_lr) * (1.0 - t / last) ** power + min_lr
 
 
 class PolyLRScheduler(LRScheduler):

@@ -14,6 +14,9 @@ from .schedule import PolyLRScheduler, build_sgd
 
 logger = logging.getLogger(__name__)
 
+#: Batch entries used only by the metrics (ground-truth nuclei), never passed to the model.
+METRIC_ONLY_INPUTS: tuple[str, ...] = ("instance_mask", "tissue")
+
 
 class PanNukeTrainer(Trainer):
     """``Trainer`` whose optimizer and LR schedule are the reference's.
@@ -31,6 +34,33 @@ class PanNukeTrainer(Trainer):
     def __init__(self, *args: Any, model_card_info: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.model_card_info: dict[str, Any] = dict(model_card_info or {})
+        if self.args.label_names is None:
+            # The "hv" head's forward also takes nuclei_labels / hv_labels; Trainer would otherwise
+            # wait for all three in every evaluation batch before handing labels to the metrics.
+            self.label_names = ["labels"]
+
+    def prediction_step(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[torch.Tensor | None, Any, Any]:
+        """Trainer's step, keeping the batch's ground-truth nuclei away from the model.
+
+        ``instance_mask`` (and ``tissue``), when the evaluation collate carries them, are not model
+        inputs: they are taken out of the batch and returned with the labels as
+        ``(labels, instance_mask[, tissue])`` for nucleus-level metrics.
+        """
+        extra = [name for name in METRIC_ONLY_INPUTS if name in inputs]
+        if not extra:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        inputs = dict(inputs)
+        kept = [self._prepare_input(inputs.pop(name)) for name in extra]
+        loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        if labels is not None:
+            labels = (labels, *kept)
+        return loss, logits, labels
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         """SGD with momentum and weight decay on every parameter (``--optimizer sgd``, the default)."""

@@ -8,7 +8,8 @@ lives in ``confusion.py``; see its docstring for the exact semantics.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import io
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import datasets
@@ -75,12 +76,56 @@ _CITATION = """\
 """
 
 
+def encode_map(value: Any, what: str = "map", index: int = 0) -> bytes:
+    """One segmentation map as ``.npy`` bytes: the row evaluate's Arrow cache stores.
+
+    The map keeps its dtype and shape exactly (a uint8 map costs one byte per pixel, an int64 map
+    keeps ids of any size), and writing and reading it back are single copies: far cheaper than
+    nested lists of int64, which Arrow builds and converts back to Python ints value by value.
+
+    Args:
+        value: a map: numpy array, torch tensor, PIL image or nested lists of numbers.
+        what, index: name the input in errors (``predictions`` / ``references`` and its position).
+
+    Raises:
+        TypeError: the map does not hold numbers (strings, objects, ragged lists).
+        ValueError: the map is not two-dimensional.
+    """
+    if hasattr(value, "detach"):  # torch tensor, on any device (torch is not imported here)
+        value = value.detach().cpu().numpy()
+    try:
+        array = np.asarray(value)
+    except ValueError as err:  # ragged nested lists
+        raise TypeError(f"mean_iou: {what} {index} is not a rectangular map: {err}") from None
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"mean_iou: {what} {index}: expected a map of integer ids, got dtype {array.dtype}")
+    if array.ndim != 2:
+        raise ValueError(f"mean_iou: {what} {index}: expected a (height, width) map, got shape {array.shape}")
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def decode_map(data: bytes) -> np.ndarray:
+    """The map stored by :func:`encode_map` (same dtype, shape and values)."""
+    return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+
+
+def _encode_maps(values: Iterable[Any] | None, what: str) -> list[bytes] | None:
+    if values is None:
+        return None
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"mean_iou: {what} must be a list of maps, got {type(values).__name__}")
+    return [encode_map(value, what, index) for index, value in enumerate(values)]
+
+
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class MeanIoU(evaluate.Metric):
     """The ``evaluate`` metric: Hub ``mean_iou`` outputs plus ``mean_dice`` / ``per_category_dice``.
 
-    Inputs go through evaluate's Arrow cache (fine for a few hundred maps, slow for large
-    evaluation sets); for training loops use :class:`SegmentationConfusionMatrix` directly.
+    Inputs go through evaluate's Arrow cache, one ``.npy`` blob per map (see :func:`encode_map`):
+    ``add`` / ``add_batch`` / ``compute`` take the same maps as the Hub metric. For training loops
+    use :class:`SegmentationConfusionMatrix` directly (no cache at all).
     """
 
     def _info(self) -> evaluate.MetricInfo:
@@ -90,13 +135,34 @@ class MeanIoU(evaluate.Metric):
             inputs_description=_KWARGS_DESCRIPTION,
             features=datasets.Features(
                 {
-                    # (height, width) maps of integer ids of any value: out-of-range ids must reach
-                    # _compute intact to be dropped the Hub's way.
-                    "predictions": datasets.Sequence(datasets.Sequence(datasets.Value("int64"))),
-                    "references": datasets.Sequence(datasets.Sequence(datasets.Value("int64"))),
+                    # One (height, width) map per row, as .npy bytes (dtype, shape and ids of any
+                    # value kept: out-of-range ids must reach _compute intact to be dropped the
+                    # Hub's way). add / add_batch encode the maps the user passes.
+                    "predictions": datasets.Value("binary"),
+                    "references": datasets.Value("binary"),
                 }
             ),
             reference_urls=["https://huggingface.co/spaces/evaluate-metric/mean_iou"],
+        )
+
+    def add_batch(self, *, predictions: Any = None, references: Any = None, **kwargs: Any) -> None:
+        """Add a batch of maps (a list of (H, W) maps, or a (B, H, W) array or tensor each)."""
+        super().add_batch(
+            predictions=_encode_maps(predictions, "predictions"),
+            references=_encode_maps(references, "references"),
+            **kwargs,
+        )
+
+    def add(self, *, prediction: Any = None, reference: Any = None, **kwargs: Any) -> None:
+        """Add one (H, W) prediction and its reference."""
+        # evaluate also accepts the feature names (``predictions=``, ``references=``) here.
+        for name in ("predictions", "references"):
+            if kwargs.get(name) is not None:
+                kwargs[name] = encode_map(kwargs[name], name)
+        super().add(
+            prediction=None if prediction is None else encode_map(prediction, "prediction"),
+            reference=None if reference is None else encode_map(reference, "reference"),
+            **kwargs,
         )
 
     def _compute(
@@ -113,6 +179,6 @@ class MeanIoU(evaluate.Metric):
             raise ValueError("mean_iou: `num_labels` is required")
         if ignore_index is None:
             raise ValueError("mean_iou: `ignore_index` is required (e.g. 255)")
-        maps = [np.asarray(p, dtype=np.int64) for p in predictions]
-        refs = [np.asarray(r, dtype=np.int64) for r in references]
+        maps = [decode_map(p) for p in predictions]
+        refs = [decode_map(r) for r in references]
         return mean_iou(maps, refs, num_labels, ignore_index, nan_to_num, label_map, reduce_labels)

@@ -22,6 +22,8 @@ PER_STAGE_DEFAULTS: dict[str, tuple[object, int]] = {
 
 #: Upsampling styles of a decoder stage (see ``UNetFCNConfig.upsample_type``).
 UPSAMPLE_TYPES: tuple[str, ...] = ("bilinear", "nearest", "deconv")
+#: Instance heads (see ``UNetFCNConfig.instance_head``); ``None`` = none.
+INSTANCE_HEADS: tuple[str | None, ...] = (None, "hv")
 
 
 @strict
@@ -84,6 +86,19 @@ class UNetFCNConfig(PreTrainedConfig):
         semantic_loss_ignore_index (`int`, defaults to 255): label value ignored by the loss.
         classifier_init_std (`float`, defaults to 0.01): std of the normal init of the 1x1
             classifiers (convs use Kaiming normal, fan_out, ReLU; BatchNorms weight 1, bias 0).
+        instance_head (`str`, *optional*): ``None`` (the reference model) or ``"hv"``: two more
+            small heads on the map the FCN head reads, a nucleus-pixel map (2 classes,
+            ``nuclei_logits``) and horizontal / vertical distance maps (``hv_maps``, in [-1, 1]),
+            from which touching nuclei are told apart (HoVer-Net style).
+        instance_head_channels (`int`, *optional*): channels of the conv of each instance head
+            (``None``: ``head_channels``).
+        nuclei_ce_loss_weight (`float`, defaults to 1.0): weight of the cross-entropy of the nucleus map.
+        nuclei_dice_loss_weight (`float`, defaults to 1.0): weight of the soft Dice loss of the nucleus map.
+        hv_mse_loss_weight (`float`, defaults to 1.0): weight of the MSE of the distance maps (all pixels).
+        hv_msge_loss_weight (`float`, defaults to 10.0): weight of the MSE of the distance maps' Sobel
+            gradients (x-derivative of the horizontal map, y-derivative of the vertical map, per
+            pixel) inside nuclei; per-pixel gradients are small, and 10 separates touching nuclei
+            far better than 1 in the demo (docs/instance-head.md).
     """
 
     model_type = "unet_fcn"
@@ -117,6 +132,12 @@ class UNetFCNConfig(PreTrainedConfig):
     auxiliary_loss_weight: float | int = 0.4
     semantic_loss_ignore_index: int = 255
     classifier_init_std: float = 0.01
+    instance_head: str | None = None
+    instance_head_channels: int | None = None
+    nuclei_ce_loss_weight: float | int = 1.0
+    nuclei_dice_loss_weight: float | int = 1.0
+    hv_mse_loss_weight: float | int = 1.0
+    hv_msge_loss_weight: float | int = 10.0
 
     def __post_init__(self, **kwargs):
         if self.id2label is None and self.label2id is not None:
@@ -199,10 +220,34 @@ class UNetFCNConfig(PreTrainedConfig):
             problems.append(f"head_dropout must be in [0, 1), got {self.head_dropout}")
         if self.auxiliary_loss_weight < 0:
             problems.append(f"auxiliary_loss_weight must be >= 0, got {self.auxiliary_loss_weight}")
+        if self.instance_head not in INSTANCE_HEADS:
+            problems.append(f"instance_head must be one of {INSTANCE_HEADS}, got {self.instance_head!r}")
+        if self.instance_head_channels is not None and self.instance_head_channels < 1:
+            problems.append(f"instance_head_channels must be >= 1, got {self.instance_head_channels}")
+        for name in (
+            "nuclei_ce_loss_weight",
+            "nuclei_dice_loss_weight",
+            "hv_mse_loss_weight",
+            "hv_msge_loss_weight",
+        ):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.num_labels is None or self.num_labels < 1:
             problems.append(f"num_labels must be >= 1, got {self.num_labels}")
         if problems:
             raise ValueError("Invalid UNetFCNConfig: " + "; ".join(problems))
+
+    def to_diff_dict(self) -> dict:
+        """The fields that differ from the defaults, always with ``id2label`` and ``label2id``.
+
+        transformers leaves the label maps out when they equal those of a bare ``PreTrainedConfig``
+        (two generic ``LABEL_i`` names); reloading would then fall back to this class's defaults
+        (6 labels), so a 2-label model would not load. The maps are therefore always written.
+        """
+        output = super().to_diff_dict()
+        output["id2label"] = {int(i): name for i, name in self.id2label.items()}
+        output["label2id"] = {name: int(i) for name, i in self.label2id.items()}
+        return output
 
     @property
     def output_stride(self) -> int:

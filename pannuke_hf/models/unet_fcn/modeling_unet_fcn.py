@@ -8,9 +8,15 @@ Architecture (defaults; every number comes from [`UNetFCNConfig`]):
   ``[skip_i, upsampled]``, two 3x3 conv + BN + ReLU;
 * FCN head on the 64@H map: 3x3 conv + BN + ReLU, Dropout2d(0.1), 1x1 classifier with bias.
 
+With ``config.instance_head = "hv"`` two more heads read the same map: a nucleus-pixel head
+(3x3 conv + BN + ReLU, 1x1 conv to 2 classes) and a distance-map head (the same, 2 channels, tanh):
+each nucleus pixel's horizontal and vertical offset from its nucleus's centre, scaled to [-1, 1].
+
 Convs before a BatchNorm carry no bias. This file is copied next to saved checkpoints
 (``trust_remote_code``), so it imports only its sibling ``configuration_unet_fcn``.
 """
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -164,13 +170,20 @@ class UNetFCNUpsample(nn.Module):
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.mode == "bilinear":
-            hidden_states = F.interpolate(
-                hidden_states, scale_factor=2.0, mode="bilinear", align_corners=False
-            )
-        elif self.mode == "nearest":
-            hidden_states = F.interpolate(hidden_states, scale_factor=2.0, mode="nearest")
-        return self.act(_batch_norm(self.bn, self.conv(hidden_states)))
+        if self.mode == "deconv":
+            hidden_states = self.conv(hidden_states)
+        else:
+            # The reference interpolates, then applies the 1x1 conv. Both are linear and the conv
+            # has no bias, so conv first gives the same map (up to float rounding) for a quarter
+            # of the conv's FLOPs and half the interpolation work (C_out = C_in / 2 channels).
+            hidden_states = self.conv(hidden_states)
+            if self.mode == "bilinear":
+                hidden_states = F.interpolate(
+                    hidden_states, scale_factor=2.0, mode="bilinear", align_corners=False
+                )
+            else:
+                hidden_states = F.interpolate(hidden_states, scale_factor=2.0, mode="nearest")
+        return self.act(_batch_norm(self.bn, hidden_states))
 
 
 class UNetFCNDecoderStage(GradientCheckpointingLayer):
@@ -225,6 +238,25 @@ class UNetFCNClassifier(nn.Conv2d):
 
     def __init__(self, in_channels: int, num_labels: int):
         super().__init__(in_channels, num_labels, kernel_size=1, bias=True)
+
+
+class UNetFCNInstanceHead(nn.Module):
+    """An instance head (``config.instance_head = "hv"``): 3x3 conv + BN + ReLU, 1x1 conv with bias.
+
+    Input (B, C, h, w); output (B, out_channels, h, w), through tanh (values in [-1, 1]) when
+    ``bounded``.
+    """
+
+    def __init__(self, config: UNetFCNConfig, in_channels: int, out_channels: int, bounded: bool = False):
+        super().__init__()
+        channels = config.instance_head_channels or config.head_channels
+        self.conv = UNetFCNConvNormAct(config, in_channels, channels, kernel_size=3)
+        self.classifier = UNetFCNClassifier(channels, out_channels)
+        self.bounded = bounded
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        output = self.classifier(self.conv(hidden_states))
+        return torch.tanh(output) if self.bounded else output
 
 
 class UNetFCNPreTrainedModel(PreTrainedModel):
@@ -289,6 +321,17 @@ class UNetFCNModel(UNetFCNPreTrainedModel):
     def backbone_features(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """Run encoder and decoder; return one map per stage, deepest first (defaults: 1024@H/16 ... 64@H)."""
         self.check_input(pixel_values)
+        if (
+            pixel_values.device.type == "cpu"
+            and not self.training
+            and torch.is_inference_mode_enabled()
+            and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling()
+        ):
+            # Inference (eval mode under torch.inference_mode) on the CPU: oneDNN's convolutions
+            # are faster on channels-last maps (the outputs keep that layout; values agree to
+            # float rounding). Not for training, where its backward passes are slower.
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         skips = []
         hidden_states = pixel_values
         for stage in self.encoder:
@@ -347,6 +390,106 @@ def semantic_segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, ignor
     return total / count
 
 
+def nuclei_map_loss(
+    nuclei_logits: torch.Tensor,
+    nuclei_labels: torch.Tensor,
+    ignore_index: int,
+    ce_weight: float = 1.0,
+    dice_weight: float = 1.0,
+) -> torch.Tensor:
+    """Cross-entropy + soft Dice of the nucleus-pixel map.
+
+    Args:
+        nuclei_logits: (B, 2, h, w); bilinearly resized to the labels' size when it differs.
+        nuclei_labels: (B, H, W) integers, 1 = nucleus pixel, 0 = not, ``ignore_index`` = ignored.
+        ignore_index: label value excluded from both terms.
+        ce_weight, dice_weight: weights of the two terms.
+
+    Returns:
+        ``ce_weight * CE + dice_weight * (1 - Dice)``, the Dice the mean over the two channels of
+        ``(2 sum(p t) + 1e-3) / (sum(p) + sum(t) + 1e-3)`` over the batch's valid pixels
+        (``p`` = softmax probability, ``t`` = one-hot target).
+    """
+    if nuclei_logits.shape[-2:] != nuclei_labels.shape[-2:]:
+        nuclei_logits = F.interpolate(
+            nuclei_logits, size=nuclei_labels.shape[-2:], mode="bilinear", align_corners=False
+        )
+    labels = nuclei_labels.long()
+    loss = ce_weight * semantic_segmentation_loss(nuclei_logits, labels, ignore_index)
+    valid = (labels != ignore_index).unsqueeze(1)
+    probabilities = nuclei_logits.float().softmax(dim=1) * valid
+    target = F.one_hot(torch.where(valid[:, 0], labels, 0).clamp(0, 1), 2).permute(0, 3, 1, 2) * valid
+    dims = (0, 2, 3)
+    intersection = (probabilities * target).sum(dims)
+    dice = (2 * intersection + 1e-3) / (probabilities.sum(dims) + target.sum(dims) + 1e-3)
+    return loss + dice_weight * (1 - dice.mean())
+
+
+def _hv_gradients(maps: torch.Tensor) -> torch.Tensor:
+    """x-derivative of channel 0 and y-derivative of channel 1 of (B, 2, H, W) maps (5x5 Sobel).
+
+    The kernel is the 5x5 Sobel operator (binomial smoothing [1, 4, 6, 4, 1] across, derivative
+    [-1, -2, 0, 2, 1] along) divided by 128, so that a ramp rising by 1 per pixel has derivative 1;
+    borders are replicated.
+    """
+    smooth = maps.new_tensor([1.0, 4.0, 6.0, 4.0, 1.0])
+    derivative = maps.new_tensor([-1.0, -2.0, 0.0, 2.0, 1.0])
+    along_x = torch.outer(smooth, derivative) / 128.0  # rows: y, columns: x
+    kernels = torch.stack([along_x, along_x.t()]).unsqueeze(1)  # (2, 1, 5, 5)
+    padded = F.pad(maps.float(), (2, 2, 2, 2), mode="replicate")
+    return F.conv2d(padded, kernels, groups=2)
+
+
+def hv_maps_loss(
+    hv_maps: torch.Tensor,
+    hv_labels: torch.Tensor,
+    nuclei_labels: torch.Tensor,
+    ignore_index: int,
+    mse_weight: float = 1.0,
+    msge_weight: float = 1.0,
+) -> torch.Tensor:
+    """MSE of the distance maps + MSE of their gradients inside nuclei (MSGE).
+
+    Args:
+        hv_maps: (B, 2, h, w) predicted maps (channel 0 horizontal, 1 vertical); bilinearly resized
+            to the targets' size when it differs.
+        hv_labels: (B, 2, H, W) float targets (0 outside nuclei).
+        nuclei_labels: (B, H, W) nucleus-pixel labels (1 = nucleus, ``ignore_index`` = ignored):
+            ignored pixels count in neither term, the MSGE averages over nucleus pixels.
+        ignore_index: ignored label value.
+        mse_weight, msge_weight: weights of the two terms.
+
+    Returns:
+        ``mse_weight * MSE + msge_weight * MSGE`` (a scalar; each term 0 when it has no pixel).
+    """
+    if hv_maps.shape[-2:] != hv_labels.shape[-2:]:
+        hv_maps = F.interpolate(hv_maps, size=hv_labels.shape[-2:], mode="bilinear", align_corners=False)
+    hv_maps, hv_labels = hv_maps.float(), hv_labels.float()
+    valid = (nuclei_labels != ignore_index).unsqueeze(1).float()
+    mse = ((hv_maps - hv_labels) ** 2 * valid).sum() / (2 * valid.sum()).clamp(min=1)
+    focus = (nuclei_labels == 1).unsqueeze(1).float()
+    error = (_hv_gradients(hv_maps) - _hv_gradients(hv_labels)) ** 2
+    msge = (error * focus).sum() / (2 * focus.sum()).clamp(min=1)
+    return mse_weight * mse + msge_weight * msge
+
+
+@dataclass
+class UNetFCNSemanticSegmenterOutput(SemanticSegmenterOutput):
+    """``SemanticSegmenterOutput`` plus the outputs of the distance-map instance head.
+
+    Args:
+        nuclei_logits (`torch.FloatTensor` of shape `(batch_size, 2, height, width)`, *optional*):
+            nucleus-pixel logits (channel 1 = nucleus); ``None`` without ``instance_head="hv"``.
+        hv_maps (`torch.FloatTensor` of shape `(batch_size, 2, height, width)`, *optional*):
+            each nucleus pixel's offset from its nucleus's centre, scaled to [-1, 1]: channel 0
+            horizontal (x, positive to the right of the centre), channel 1 vertical (y, positive
+            below it); ``None`` without ``instance_head="hv"``.
+    """
+
+    nuclei_logits: torch.FloatTensor | None = None
+    hv_maps: torch.FloatTensor | None = None
+
+
 class UNetFCNForSemanticSegmentation(UNetFCNPreTrainedModel):
     """UNet backbone + FCN head (+ optional auxiliary FCN head) for semantic segmentation."""
 
@@ -367,15 +510,22 @@ class UNetFCNForSemanticSegmentation(UNetFCNPreTrainedModel):
             if config.use_auxiliary_head
             else None
         )
+        self.nuclei_head = self.hv_head = None
+        if config.instance_head == "hv":
+            in_channels = channels[config.head_in_index]
+            self.nuclei_head = UNetFCNInstanceHead(config, in_channels, 2)
+            self.hv_head = UNetFCNInstanceHead(config, in_channels, 2, bounded=True)
         self.post_init()
 
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
+        nuclei_labels: torch.Tensor | None = None,
+        hv_labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-    ) -> SemanticSegmenterOutput | tuple:
+    ) -> UNetFCNSemanticSegmenterOutput | tuple:
         """Segment a batch of images.
 
         Args:
@@ -384,40 +534,97 @@ class UNetFCNForSemanticSegmentation(UNetFCNPreTrainedModel):
             labels: optional (B, H, W) int64 label maps; ``config.semantic_loss_ignore_index`` (255)
                 is ignored. Gives ``loss`` = cross-entropy of the main head
                 + ``auxiliary_loss_weight`` * cross-entropy of the auxiliary head (when enabled).
+            nuclei_labels: optional (B, H, W) int64 nucleus-pixel targets of the ``"hv"`` instance head
+                (1 = nucleus, 0 = not, 255 = ignored); when not given but ``labels`` are, they are
+                ``labels > 0`` (ignored where ``labels`` are). Adds ``nuclei_ce_loss_weight`` *
+                cross-entropy + ``nuclei_dice_loss_weight`` * (1 - Dice) of ``nuclei_logits``.
+            hv_labels: optional (B, 2, H, W) float distance-map targets of the ``"hv"`` head (see
+                ``pannuke_hf.training.instance_targets``); needs ``labels`` or ``nuclei_labels``.
+                Adds ``hv_mse_loss_weight`` * MSE + ``hv_msge_loss_weight`` * MSGE of ``hv_maps``.
             output_hidden_states: also return the backbone outputs, deepest first.
-            return_dict: return a ``SemanticSegmenterOutput`` (default) instead of a tuple.
+            return_dict: return a ``UNetFCNSemanticSegmenterOutput`` (default) instead of a tuple.
 
         Returns:
-            ``SemanticSegmenterOutput`` with ``logits`` (B, num_labels, H, W) at input resolution and
-            ``loss`` (scalar) when labels are given.
+            ``UNetFCNSemanticSegmenterOutput`` with ``logits`` (B, num_labels, H, W) at input
+            resolution, ``loss`` (scalar, the sum of the terms above) when targets are given, and
+            with the ``"hv"`` head ``nuclei_logits`` (B, 2, H, W) and ``hv_maps`` (B, 2, H, W).
+            As a tuple: the non-None of ``(loss, logits, nuclei_logits, hv_maps, hidden_states)``.
         """
+        config = self.config
         output_hidden_states = (
-            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+            config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
-        return_dict = self.config.return_dict if return_dict is None else return_dict
+        return_dict = config.return_dict if return_dict is None else return_dict
+        if self.nuclei_head is None and (nuclei_labels is not None or hv_labels is not None):
+            raise ValueError(
+                "nuclei_labels / hv_labels were given but the model has no instance head "
+                '(config.instance_head is None; build it with instance_head="hv")'
+            )
         features = self.unet.backbone_features(pixel_values)
-        logits = self.decode_head(features[self.config.head_in_index])
-        if logits.shape[-2:] != pixel_values.shape[-2:]:
-            logits = F.interpolate(logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
+        head_input = features[config.head_in_index]
+        logits = self._at_input_size(self.decode_head(head_input), pixel_values)
+        nuclei_logits = hv_maps = None
+        if self.nuclei_head is not None:
+            nuclei_logits = self._at_input_size(self.nuclei_head(head_input), pixel_values)
+            hv_maps = self._at_input_size(self.hv_head(head_input), pixel_values)
 
         loss = None
+        ignore = config.semantic_loss_ignore_index
         if labels is not None:
-            ignore = self.config.semantic_loss_ignore_index
             loss = semantic_segmentation_loss(logits, labels, ignore)
             if self.auxiliary_head is not None:
-                auxiliary_logits = self.auxiliary_head(features[self.config.auxiliary_in_index])
+                auxiliary_logits = self.auxiliary_head(features[config.auxiliary_in_index])
                 auxiliary_loss = semantic_segmentation_loss(auxiliary_logits, labels, ignore)
-                loss = loss + self.config.auxiliary_loss_weight * auxiliary_loss
+                loss = loss + config.auxiliary_loss_weight * auxiliary_loss
+        if self.nuclei_head is not None:
+            if nuclei_labels is None and labels is not None:
+                nuclei_labels = torch.where(labels == ignore, labels, (labels > 0).to(labels.dtype))
+            if hv_labels is not None and nuclei_labels is None:
+                raise ValueError("hv_labels need nuclei_labels or labels (which pixels are nuclei)")
+            if nuclei_labels is not None:
+                instance_loss = nuclei_map_loss(
+                    nuclei_logits,
+                    nuclei_labels,
+                    ignore,
+                    config.nuclei_ce_loss_weight,
+                    config.nuclei_dice_loss_weight,
+                )
+                if hv_labels is not None:
+                    instance_loss = instance_loss + hv_maps_loss(
+                        hv_maps,
+                        hv_labels,
+                        nuclei_labels,
+                        ignore,
+                        config.hv_mse_loss_weight,
+                        config.hv_msge_loss_weight,
+                    )
+                loss = instance_loss if loss is None else loss + instance_loss
 
         hidden_states = tuple(features) if output_hidden_states else None
         if not return_dict:
-            return tuple(v for v in (loss, logits, hidden_states) if v is not None)
-        return SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+            return tuple(v for v in (loss, logits, nuclei_logits, hv_maps, hidden_states) if v is not None)
+        return UNetFCNSemanticSegmenterOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=hidden_states,
+            nuclei_logits=nuclei_logits,
+            hv_maps=hv_maps,
+        )
+
+    @staticmethod
+    def _at_input_size(maps: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Head outputs bilinearly resized to the input size when a head reads a coarser map."""
+        if maps.shape[-2:] != pixel_values.shape[-2:]:
+            maps = F.interpolate(maps, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
+        return maps
 
 
 __all__ = [
     "UNetFCNForSemanticSegmentation",
     "UNetFCNModel",
     "UNetFCNPreTrainedModel",
+    "UNetFCNSemanticSegmenterOutput",
+    "hv_maps_loss",
+    "nuclei_map_loss",
     "semantic_segmentation_loss",
 ]

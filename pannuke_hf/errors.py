@@ -1,0 +1,24 @@
+"""Exit codes of ``pannuke-hf`` and ``train.py``, and the error type for a command line that cannot be used.
+
+* ``0`` (:data:`EXIT_OK`): success.
+* ``1`` (:data:`EXIT_FAILURE`): the command line was understood but the work failed: data or
+  model missing, unreadable or unsuitable (a data folder that does not exist, a checkpoint with
+  another label count, a corrupt fold file), input images that cannot be decoded, the Hub
+  refusing an upload.
+* ``2`` (:data:`EXIT_USAGE`): the command line cannot be used: an unknown command, option or
+  configuration key, a missing or invalid value, options that do not go together (argparse's own
+  code for these). Nothing was done.
+"""
+
+from __future__ import annotations
+
+#: Success.
+EXIT_OK: int = 0
+#: The command ran and failed (data, model, input files, network).
+EXIT_FAILURE: int = 1
+#: The command line cannot be used as given.
+EXIT_USAGE: int = 2
+
+
+class UsageError(ValueError):
+    """A command line (or configuration file) that cannot be used; exit code :data:`EXIT_USAGE`."""
