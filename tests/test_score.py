@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,9 +156,10 @@ def _pannuke_imports_torch() -> bool:
 
 
 def test_console_script_runs(raw_root, tmp_path):
-    exe = shutil.which("pannuke-hf")
-    if exe is None:
-        pytest.skip("console script not installed")
+    # the script installed beside this interpreter (the venv's bin/ need not be on PATH)
+    beside = Path(sys.executable).parent / "pannuke-hf"
+    exe = str(beside) if beside.exists() else shutil.which("pannuke-hf")
+    assert exe is not None, "the pannuke-hf console script is not installed (pip install -e .)"
     masks, _ = fold3(raw_root)
     np.save(tmp_path / "pred.npy", masks)  # a perfect prediction, float64 with 6 channels
     done = subprocess.run(
