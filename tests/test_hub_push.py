@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
-import sysconfig
 import textwrap
 from pathlib import Path
 
@@ -17,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from _isolated import run_without_pannuke_hf
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 import pannuke_hf  # noqa: F401 - registers the model classes
@@ -104,26 +101,10 @@ def test_push_round_trip_without_leaking_the_token(
 # trust_remote_code from the Hub, in a process without pannuke_hf
 # ------------------------------------------------------------------------------------------
 
-# Runs with ``python -I -S``: no site hooks, so neither the editable install's ``.pth`` finder
-# nor the working directory is on the path; the bare site-packages folder is appended by hand
-# (appending does not run ``.pth`` files) and an import hook makes any ``pannuke_hf`` import fail.
+# Runs in a fresh interpreter that cannot import pannuke_hf (tests/_isolated.py).
 REMOTE_LOAD_SCRIPT = textwrap.dedent(
     """
-    import importlib.abc, importlib.util, os, sys
-
-    sys.path.append(os.environ["SITE_PACKAGES"])
-    if importlib.util.find_spec("pannuke_hf") is not None:
-        raise SystemExit("pannuke_hf is importable in the remote-code process")
-
-
-    class _NoPannukeHf(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "pannuke_hf":
-                raise ImportError("pannuke_hf is blocked in this process: " + name)
-            return None
-
-
-    sys.meta_path.insert(0, _NoPannukeHf())
+    import sys
 
     import torch
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
@@ -198,9 +179,6 @@ def assert_repo_loads_with_remote_code(hub_server, repo_id: str, model, processo
     )
 
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(work_dir),
-        "SITE_PACKAGES": sysconfig.get_paths()["purelib"],
         "HF_ENDPOINT": hub_server.endpoint,
         "HF_TOKEN": hub_server.token,
         "HF_HUB_OFFLINE": "0",
@@ -208,16 +186,10 @@ def assert_repo_loads_with_remote_code(hub_server, repo_id: str, model, processo
         "HF_HUB_DISABLE_XET": "1",
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "HF_HOME": str(work_dir / "remote_hf_home"),  # a fresh cache: everything comes from the Hub
-        "OMP_NUM_THREADS": "1",
     }
     before = len(hub_server.requests)
-    done = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", REMOTE_LOAD_SCRIPT, repo_id, str(expected_path)],
-        cwd=work_dir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    done = run_without_pannuke_hf(
+        REMOTE_LOAD_SCRIPT, work_dir, args=(repo_id, str(expected_path)), env=env, timeout=600
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert "REMOTE-CODE-OK transformers_modules." in done.stdout, done.stdout

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import sysconfig
 import textwrap
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _isolated import run_without_pannuke_hf
 from test_convert_mmseg import read_reference_tsv
 from transformers import AutoModelForSemanticSegmentation
 from transformers.modeling_outputs import SemanticSegmenterOutput
@@ -240,13 +237,6 @@ def test_trust_remote_code_keeps_the_head(tmp_path):
     )
     script = textwrap.dedent(
         f"""
-        import os, sys
-        sys.path.append(os.environ["SITE_PACKAGES"])
-        try:
-            import pannuke_hf
-            raise SystemExit("pannuke_hf must not be importable here")
-        except ModuleNotFoundError:
-            pass
         import torch
         from transformers import AutoModelForSemanticSegmentation
         model = AutoModelForSemanticSegmentation.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True)
@@ -259,21 +249,6 @@ def test_trust_remote_code_keeps_the_head(tmp_path):
         print("HEAD", model.config.instance_head, type(output).__name__)
         """
     )
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(tmp_path),
-        "HF_HOME": str(tmp_path / "hf_home"),
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "SITE_PACKAGES": sysconfig.get_paths()["purelib"],
-    }
-    result = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", script],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_without_pannuke_hf(script, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "HEAD hv UNetFCNSemanticSegmenterOutput" in result.stdout

@@ -8,16 +8,13 @@ Expected names below come from the definition (``LABEL_i`` for i < n, or the nam
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import sysconfig
 import textwrap
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
+from _isolated import run_without_pannuke_hf
 from test_convert_mmseg import mmseg_shapes, random_state_dict, reference_forward
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline
 
@@ -150,13 +147,6 @@ def test_two_class_checkpoint_loads_with_remote_code_alone(converted_two_class, 
     )
     script = textwrap.dedent(
         f"""
-        import os, sys
-        sys.path.append(os.environ["SITE_PACKAGES"])
-        try:
-            import pannuke_hf
-            raise SystemExit("pannuke_hf must not be importable here")
-        except ModuleNotFoundError:
-            pass
         import numpy as np, PIL.Image, torch
         from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline
         path = {str(path)!r}
@@ -176,23 +166,7 @@ def test_two_class_checkpoint_loads_with_remote_code_alone(converted_two_class, 
         print("PROCESSOR", tuple(processor(image, return_tensors="pt")["pixel_values"].shape))
         """
     )
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(tmp_path),
-        "HF_HOME": str(tmp_path / "hf_home"),
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "SITE_PACKAGES": sysconfig.get_paths()["purelib"],
-    }
-    # -I -S: no editable-install hook and no working directory on sys.path.
-    result = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", script],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_without_pannuke_hf(script, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "CONFIG 2 [(0, 'LABEL_0'), (1, 'LABEL_1')]" in result.stdout
     assert "MODEL 2 2" in result.stdout

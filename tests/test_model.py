@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import sysconfig
 import textwrap
 
 import numpy as np
@@ -14,6 +10,7 @@ import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
+from _isolated import run_without_pannuke_hf
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -374,22 +371,6 @@ def test_round_trip_through_the_auto_classes(saved_tiny):
         torch.testing.assert_close(tensor, model.state_dict()[f"unet.{name}"], rtol=0, atol=0)
 
 
-def _python_without_pannuke_hf(tmp_path) -> tuple[list[str], dict[str, str]]:
-    """A Python command (and environment) whose sys.path holds site-packages but not pannuke_hf.
-
-    ``-I -S`` skips the editable-install hook (a .pth file) and the working directory; the
-    script then appends the bare site-packages folder.
-    """
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(tmp_path),
-        "HF_HOME": str(tmp_path / "hf_home"),
-        "HF_HUB_OFFLINE": "1",
-        "SITE_PACKAGES": sysconfig.get_paths()["purelib"],
-    }
-    return [sys.executable, "-I", "-S", "-c"], env
-
-
 def test_trust_remote_code_load_without_the_package(saved_tiny, tmp_path):
     path, model = saved_tiny
     pixel_values = torch.randn(1, 3, 32, 32)
@@ -397,13 +378,6 @@ def test_trust_remote_code_load_without_the_package(saved_tiny, tmp_path):
         torch.save({"x": pixel_values, "logits": model(pixel_values).logits}, tmp_path / "expected.pt")
     script = textwrap.dedent(
         f"""
-        import os, sys
-        sys.path.append(os.environ["SITE_PACKAGES"])
-        try:
-            import pannuke_hf
-            raise SystemExit("pannuke_hf must not be importable here")
-        except ModuleNotFoundError:
-            pass
         import torch
         from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
         model = AutoModelForSemanticSegmentation.from_pretrained({str(path)!r}, trust_remote_code=True)
@@ -418,10 +392,7 @@ def test_trust_remote_code_load_without_the_package(saved_tiny, tmp_path):
         print("PROCESSOR", processor(torch.zeros(3, 64, 64, dtype=torch.uint8), return_tensors="pt")["pixel_values"].shape)
         """
     )
-    command, env = _python_without_pannuke_hf(tmp_path)
-    result = subprocess.run(
-        [*command, script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
+    result = run_without_pannuke_hf(script, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"LABELS {list(constants.CLASS_NAMES)}" in result.stdout
     assert "PROCESSOR torch.Size([1, 3, 32, 32])" in result.stdout
