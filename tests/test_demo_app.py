@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _models import tiny_unet_fcn
 from PIL import Image
 
 from pannuke_hf import constants
@@ -38,33 +39,10 @@ RELEASE_CLASSES = {1: "neoplastic", 2: "inflammatory", 3: "connective", 4: "dead
 # ---------------------------------------------------------------------------------------------
 
 
-def tiny_unet_fcn(seed: int = 7):
-    """A 2-stage UNet-FCN with 4 channels; the classifier scaled up so several classes win."""
-    from pannuke_hf.models.unet_fcn import UNetFCNConfig, UNetFCNForSemanticSegmentation
-
-    torch.manual_seed(seed)
-    config = UNetFCNConfig(
-        base_channels=4,
-        num_stages=2,
-        encoder_num_convs=[1, 1],
-        decoder_num_convs=[1],
-        strides=[1, 1],
-        downsamples=[True],
-        encoder_dilations=[1, 1],
-        decoder_dilations=[1],
-        head_channels=4,
-    )
-    model = UNetFCNForSemanticSegmentation(config).eval()
-    with torch.no_grad():
-        model.decode_head.classifier.weight.normal_(0, 2.0)
-        model.decode_head.classifier.bias.normal_(0, 0.5)
-    return model
-
-
 def save_tiny_checkpoint(path: Path) -> Path:
     from pannuke_hf.models.unet_fcn import UNetFCNImageProcessor
 
-    tiny_unet_fcn().save_pretrained(path)
+    tiny_unet_fcn(seed=7).save_pretrained(path)
     UNetFCNImageProcessor().save_pretrained(path)
     return path
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _models import tiny_unet_fcn
 from PIL import Image
 
 from pannuke_hf import constants
@@ -300,29 +301,6 @@ def test_bad_pixels_raise_with_a_clear_message():
 # ---------------------------------------------------------------------------------------------
 # The package's UNet-FCN and image processor
 # ---------------------------------------------------------------------------------------------
-
-
-def tiny_unet_fcn(seed: int = 0):
-    """A 2-stage UNet-FCN with 4 channels; the classifier is scaled up so several classes win."""
-    from pannuke_hf.models.unet_fcn import UNetFCNConfig, UNetFCNForSemanticSegmentation
-
-    torch.manual_seed(seed)
-    config = UNetFCNConfig(
-        base_channels=4,
-        num_stages=2,
-        encoder_num_convs=[1, 1],
-        decoder_num_convs=[1],
-        strides=[1, 1],
-        downsamples=[True],
-        encoder_dilations=[1, 1],
-        decoder_dilations=[1],
-        head_channels=4,
-    )
-    model = UNetFCNForSemanticSegmentation(config).eval()
-    with torch.no_grad():
-        model.decode_head.classifier.weight.normal_(0, 2.0)
-        model.decode_head.classifier.bias.normal_(0, 0.5)
-    return model
 
 
 def test_unet_fcn_tiled_equals_direct_processor_prediction():
