@@ -82,7 +82,7 @@ def build_model(args, precision: str, device: torch.device, train: bool) -> torc
         model = model.to(memory_format=torch.channels_last)
     model.train(train)
     if precision.endswith("+compile"):
-        model = torch.compile(model)
+        model = torch.compile(model, mode=args.compile_mode)
     return model
 
 
@@ -108,8 +108,12 @@ def run_case(args, case: Case, device: torch.device) -> dict:
         memory_format=memory_format
     )
     labels = torch.randint(0, model.config.num_labels, (case.batch, case.size, case.size), device=device)
+    # the training path's SGD: fused on CUDA (PanNukeTrainer), torch's default on the CPU
+    fused = True if device.type == "cuda" else None
     optimizer = (
-        torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4) if train else None
+        torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, fused=fused)
+        if train
+        else None
     )
 
     def step():
@@ -363,6 +367,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fp32 and/or bf16-cl (default: fp32 on CPU, both on CUDA)",
     )
     parser.add_argument("--compile", action="store_true", help="also run every precision with torch.compile")
+    parser.add_argument(
+        "--compile-mode",
+        default=None,
+        help="torch.compile mode (default, reduce-overhead = CUDA graphs, max-autotune-no-cudagraphs, ...)",
+    )
     parser.add_argument(
         "--warmup", type=int, default=None, help="untimed steps (default 1 on CPU, 5 on CUDA)"
     )

@@ -3,14 +3,20 @@
 Each sub-command lives in ``pannuke_hf/commands/<name>.py`` and exposes
 ``main(argv: list[str] | None) -> int``. Modules are imported only when their command runs,
 so ``pannuke-hf --help`` stays fast. Exit codes: see :mod:`pannuke_hf.errors`.
+
+Errors are handled here once for every command: a :class:`~pannuke_hf.errors.UsageError` is exit
+code 2, an :class:`~pannuke_hf.commands._common.InputError` or another expected failure of the
+work (``ValueError``, ``OSError``, ``KeyError``) exit code 1, each printed as one line naming the
+command, or re-raised with its traceback when ``PANNUKE_HF_TRACEBACK=1``.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
-from .errors import EXIT_USAGE
+from .errors import EXIT_FAILURE, EXIT_USAGE, UsageError
 
 #: command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -25,6 +31,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pannuke_hf.commands.train", "train a UNet-FCN (same as `accelerate launch train.py`)"),
     "evaluate": ("pannuke_hf.commands.evaluate", "score a checkpoint on a split; table + JSON"),
     "predict": ("pannuke_hf.commands.predict", "predict label maps and overlays for image files"),
+    "slide": ("pannuke_hf.commands.slide", "every nucleus of whole-slide images: GeoJSON, Parquet, summary"),
+    "make-synthetic-slide": (
+        "pannuke_hf.commands.make_synthetic_slide",
+        "write a generated pyramidal slide (OpenSlide opens it) and its true nuclei",
+    ),
     "score": (
         "pannuke_hf.commands.score",
         "official nucleus PQ / mPQ / bPQ / F1 of release-format predictions",
@@ -42,8 +53,9 @@ def _usage() -> str:
     lines += [
         "",
         "Run `pannuke-hf COMMAND --help` for the arguments of a command.",
-        "Exit codes: 0 success, 1 the work failed (data, model, input files, Hub), "
+        "Exit codes: 0 success, 1 the work failed (data, model, missing input files, Hub), "
         "2 the command line cannot be used.",
+        "Errors are one line; PANNUKE_HF_TRACEBACK=1 shows the Python traceback instead.",
     ]
     return "\n".join(lines)
 
@@ -63,8 +75,20 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"pannuke-hf: error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return EXIT_USAGE
+    from .commands._common import InputError, fail
+
+    prog = f"pannuke-hf {name}"
     module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    try:
+        return int(module.main(rest) or 0)
+    except BrokenPipeError:  # the reader of stdout went away (`| head`): nothing to report
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python would flush the broken pipe at exit
+        return EXIT_FAILURE
+    except UsageError as err:
+        return fail(prog, err, EXIT_USAGE)
+    except (InputError, ValueError, OSError, KeyError) as err:
+        # the work failed in an expected way (data, model, files, network): one line, exit 1
+        return fail(prog, err, EXIT_FAILURE)
 
 
 if __name__ == "__main__":

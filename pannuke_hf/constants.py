@@ -11,7 +11,16 @@ from __future__ import annotations
 # Semantic labels (values 0-5, as written by the reference project, correct names)
 # --------------------------------------------------------------------------------------------
 
-#: Short name of each semantic label, indexed by label value.
+# One set of names, used everywhere (docs/instances.md, "Class names and colours"):
+#
+# * CLASS_NAMES are identifiers: the model's ``id2label`` / ``label2id`` (so checkpoints keep
+#   loading), dataset ``ClassLabel`` names, metric keys (``iou_epithelial``) and column names.
+# * CLASS_FULL_NAMES are what a person reads or a tool imports: the ``class`` values of the
+#   per-nucleus CSV, the QuPath class of each GeoJSON detection, tables and legends. Only the full
+#   name says that label 5 is *non*-neoplastic epithelium (beside "neoplastic", "epithelial"
+#   alone reads as the opposite to a pathologist). Same spelling in every file, never recased.
+
+#: Short name (identifier) of each semantic label, indexed by label value.
 CLASS_NAMES: tuple[str, ...] = (
     "background",
     "neoplastic",
@@ -31,10 +40,24 @@ CLASS_FULL_NAMES: tuple[str, ...] = (
     "non-neoplastic epithelial",
 )
 
+#: Full name of a class from its short or full name; other names (a custom id2label) unchanged.
+FULL_CLASS_NAME: dict[str, str] = dict(zip(CLASS_NAMES, CLASS_FULL_NAMES))
+
+
+def full_class_name(name: str) -> str:
+    """The name shown to people for a class name from ``id2label``, e.g. ``"epithelial"`` ->
+    ``"non-neoplastic epithelial"``; a name outside PanNuke's classes is returned unchanged."""
+    return FULL_CLASS_NAME.get(name, name)
+
+
 NUM_LABELS: int = len(CLASS_NAMES)
 BACKGROUND_LABEL: int = 0
 #: Label value ignored by the loss and the metrics (padding, optionally void pixels).
 IGNORE_INDEX: int = 255
+#: Labels void pixels may receive (``void_label``): 0 (background, as the reference) or
+#: ``IGNORE_INDEX`` (left out by the loss and the metrics). Any other value would turn void pixels
+#: into a nucleus class.
+VOID_LABELS: tuple[int, ...] = (BACKGROUND_LABEL, IGNORE_INDEX)
 
 ID2LABEL: dict[int, str] = dict(enumerate(CLASS_NAMES))
 LABEL2ID: dict[str, int] = {name: i for i, name in ID2LABEL.items()}
@@ -156,14 +179,15 @@ REFERENCE_INPUT_SIZE: int = 512
 # Display
 # --------------------------------------------------------------------------------------------
 
-#: RGB colour of each semantic label, indexed by label value.
+#: RGB colour of each semantic label, indexed by label value: overlays, legends and the QuPath
+#: class colour in GeoJSON (docs/instances.md, "Class names and colours").
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (0, 0, 0),  # background
     (230, 25, 75),  # neoplastic: red
     (60, 180, 75),  # inflammatory: green
-    (0, 130, 200),  # connective: blue
+    (0, 130, 200),  # connective / soft tissue: blue
     (255, 225, 25),  # dead: yellow
-    (245, 130, 48),  # epithelial: orange
+    (245, 130, 48),  # non-neoplastic epithelial: orange
 )
 
 # --------------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import os
+
 #: Success.
 EXIT_OK: int = 0
 #: The command ran and failed (data, model, input files, network).
@@ -22,3 +24,12 @@ EXIT_USAGE: int = 2
 
 class UsageError(ValueError):
     """A command line (or configuration file) that cannot be used; exit code :data:`EXIT_USAGE`."""
+
+
+#: Environment variable that turns a command's one-line error back into the Python traceback.
+TRACEBACK_ENV: str = "PANNUKE_HF_TRACEBACK"
+
+
+def traceback_requested() -> bool:
+    """Whether ``PANNUKE_HF_TRACEBACK`` asks for tracebacks (set, and not ``0`` / ``false`` / ``no`` / ``off``)."""
+    return os.environ.get(TRACEBACK_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")

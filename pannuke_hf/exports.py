@@ -12,8 +12,8 @@ so CSV centroids, GeoJSON polygons and the image line up there. ``offset`` (x, y
 coordinate (e.g. the position of a crop in its slide).
 
 * CSV (:func:`nuclei_records`, :func:`write_nuclei_csv`): one row per nucleus: ``id``, ``class``
-  (the ``id2label`` name), ``centroid_x``, ``centroid_y`` (mean of its pixel centres), ``area``
-  (pixels), ``bbox_x0``, ``bbox_y0``, ``bbox_x1``, ``bbox_y1`` (the enclosing pixel edges: x0/y0
+  (the class's full name, see below), ``centroid_x``, ``centroid_y`` (mean of its pixel centres), ``area``
+  (pixels), ``area_um2`` (µm², at the image's pixel size, default ``MICRONS_PER_PIXEL``), ``bbox_x0``, ``bbox_y0``, ``bbox_x1``, ``bbox_y1`` (the enclosing pixel edges: x0/y0
   the first column/row, x1/y1 one past the last), ``score``.
 * GeoJSON (:func:`nuclei_geojson`): a ``FeatureCollection`` with one ``Feature`` per nucleus: a
   ``Polygon`` (outer ring first, then holes; rings closed, first point repeated) tracing the
@@ -21,12 +21,18 @@ coordinate (e.g. the position of a crop in its slide).
   nucleus mask, 8-connected), so its area is within a fraction of a pixel per corner of the
   pixel count; a nucleus in several disconnected pieces becomes a ``MultiPolygon`` of all of them.
   ``properties``: ``objectType: "detection"`` (light objects: QuPath handles hundreds of
-  thousands), ``classification: {"name": <capitalised class name>, "color": [r, g, b]}`` (colours
+  thousands), ``classification: {"name": <full class name>, "color": [r, g, b]}`` (colours
   from :data:`pannuke_hf.constants.PALETTE`), ``measurements: {"score": ...}``, ``nucleus_id``.
 * PNG (:func:`write_instance_png`): the instance map as a 16-bit greyscale PNG (ids up to 65535).
 * Release arrays (:func:`write_release_array`): the PanNuke ``masks.npy`` layout
   (N, H, W, 6) (channels 0-4 instance ids per class, channel 5 background), written image by
   image into a memory-mapped ``.npy`` so a whole fold never sits in memory.
+
+Class names: the CSV and the GeoJSON carry the same string, the full name of
+:data:`pannuke_hf.constants.CLASS_FULL_NAMES` for PanNuke's classes (``id2label``'s
+``"epithelial"`` becomes ``"non-neoplastic epithelial"``, ``"connective"`` ``"connective / soft
+tissue"``), unchanged for a model whose ``id2label`` names other classes
+(:func:`pannuke_hf.constants.full_class_name`).
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .constants import PALETTE
+from .constants import MICRONS_PER_PIXEL, PALETTE, full_class_name
 
 __all__ = [
     "CSV_COLUMNS",
@@ -61,6 +67,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "centroid_x",
     "centroid_y",
     "area",
+    "area_um2",
     "bbox_x0",
     "bbox_y0",
     "bbox_x1",
@@ -89,11 +96,12 @@ def _instance_map(instance_map: Any, name: str = "instance_map") -> np.ndarray:
 
 
 def _class_name(id2label: Mapping[Any, str], label: int) -> str:
-    """``id2label[label]`` whether its keys are ints or strings (as in a JSON config)."""
+    """The full class name of ``id2label[label]`` whether its keys are ints or strings (as in a
+    JSON config); see the module docstring."""
     if label in id2label:
-        return str(id2label[label])
+        return full_class_name(str(id2label[label]))
     if str(label) in id2label:
-        return str(id2label[str(label)])
+        return full_class_name(str(id2label[str(label)]))
     raise ValueError(f"label_id {label} is not in id2label {dict(id2label)}")
 
 
@@ -126,6 +134,7 @@ def nuclei_records(
     segments_info: Sequence[Mapping[str, Any]],
     id2label: Mapping[Any, str],
     offset: tuple[float, float] = (0, 0),
+    microns_per_pixel: float = MICRONS_PER_PIXEL,
 ) -> list[dict[str, Any]]:
     """One record per nucleus of ``segments_info`` (in id order), with the columns of :data:`CSV_COLUMNS`.
 
@@ -134,10 +143,11 @@ def nuclei_records(
         segments_info: ``[{"id", "label_id", "score", ...}]`` (the post-processing's output).
         id2label: class names by label id (``model.config.id2label``).
         offset: (x, y) added to centroids and boxes.
+        microns_per_pixel: the image's pixel size, for ``area_um2`` (default: PanNuke's 40x).
 
     Returns:
-        A list of dicts: ``id`` (int), ``class`` (str), ``centroid_x`` / ``centroid_y`` (float,
-        mean pixel centre, see the module docstring), ``area`` (int pixels), ``bbox_x0``,
+        A list of dicts: ``id`` (int), ``class`` (str, the full class name), ``centroid_x`` / ``centroid_y`` (float,
+        mean pixel centre, see the module docstring), ``area`` (int pixels), ``area_um2`` (float), ``bbox_x0``,
         ``bbox_y0``, ``bbox_x1``, ``bbox_y1`` (int pixel edges, x1 / y1 exclusive), ``score``.
 
     Raises:
@@ -169,6 +179,7 @@ def nuclei_records(
                 "centroid_x": float(sum_x[sid] / areas[sid] + 0.5 + ox),
                 "centroid_y": float(sum_y[sid] / areas[sid] + 0.5 + oy),
                 "area": int(areas[sid]),
+                "area_um2": float(areas[sid]) * microns_per_pixel**2,
                 "bbox_x0": box_x.start + ox,
                 "bbox_y0": box_y.start + oy,
                 "bbox_x1": box_x.stop + ox,
@@ -230,10 +241,6 @@ def _ring_coordinates(ring: np.ndarray, dx: float, dy: float) -> list[list[float
     return points
 
 
-def _display_name(name: str) -> str:
-    return name[:1].upper() + name[1:]
-
-
 def nuclei_geojson(
     instance_map: Any,
     segments_info: Sequence[Mapping[str, Any]],
@@ -283,7 +290,7 @@ def nuclei_geojson(
                 "properties": {
                     "objectType": "detection",
                     "classification": {
-                        "name": _display_name(_class_name(id2label, label)),
+                        "name": _class_name(id2label, label),
                         "color": [int(v) for v in color],
                     },
                     "measurements": {"score": float(segment.get("score", float("nan")))},

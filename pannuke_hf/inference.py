@@ -10,22 +10,27 @@ are not multiples of the model's total stride are padded the same way.
 
 Geometry (all sizes in pixels of the input image):
 
-* ``tile_size`` (default ``constants.PATCH_SIZE`` = 256): the window of the image one model
-  input covers.
-* ``scale`` (default: the processor's ``size`` / ``PATCH_SIZE`` when it resizes, else 1): the
+* ``tile_size`` (default: the processor's ``tile_size``, else ``constants.PATCH_SIZE`` = 256):
+  the window of the image one model input covers.
+* ``scale`` (default: the processor's ``size`` / ``tile_size`` when it resizes, else 1): the
   factor from image pixels to model-input pixels, so tiles reach the model at the magnification
   it was trained at, whatever ``tile_size`` is.
-* ``overlap`` (default a third of the tile, like the reference's 256 / 170 crop / stride): the
-  tile stride is ``tile_size - overlap``; the last tile of a row/column is aligned with the image
-  edge, so every pixel is covered.
+* ``overlap`` (default: the processor's ``tile_overlap``, else a third of the tile, like the
+  reference's 256 / 170 crop / stride): the tile stride is ``tile_size - overlap``, rounded down
+  to the model's pooling grid; the last tile of a row/column is aligned with the image edge, so
+  every pixel is covered.
 
-Pre-processing follows the processor's standard attributes (``do_rescale``/``rescale_factor``,
-``do_normalize``/``image_mean``/``image_std``); tiles are resized bilinearly (antialiased when
-shrinking, like the processor's PIL resize), and the logits are resized back bilinearly to the
-tile's pixels.
+The geometry, the resize and the stitching are the functions of the image processor's file
+(``UNetFCNImageProcessor`` tiles the same way), so ``predict_image``, the processor with
+``post_process_semantic_segmentation(..., target_sizes)`` and the ``image-segmentation``
+pipeline give the same label maps and nuclei. Pre-processing follows the processor's standard
+attributes (``do_rescale``/``rescale_factor``, ``do_normalize``/``image_mean``/``image_std``);
+tiles are resized with the package's one resize rule, OpenCV ``INTER_LINEAR`` on the 8-bit
+image (the training transform's, as the reference's ``mmcv.imresize``: no antialiasing), and
+the logits are resized back bilinearly to the tile's pixels.
 
 Inputs may be PIL images of any mode or numpy arrays: grey, RGB, RGBA (composited over white),
-16-bit (scaled from 0-65535). See :func:`pannuke_hf.visualization.to_rgb_uint8`.
+16-bit (scaled from 0-65535). See :func:`pannuke_hf.images.to_rgb_uint8`.
 
 Nuclei (:func:`predict_instances`): the same tiling, with a distance-map model's nucleus logits
 and horizontal / vertical maps averaged over overlaps like the class logits; the instance
@@ -40,7 +45,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -48,11 +53,22 @@ import torch
 import torch.nn.functional as F
 
 from .constants import PATCH_SIZE
-from .visualization import to_rgb_uint8
+from .images import to_rgb_uint8
+from .models.unet_fcn.image_processing_unet_fcn import (
+    TilingPlan,
+    pad_image,
+    plan_tiles,
+    resize_image,
+    stride_align,
+    tile_positions,
+    window_input_size,
+    window_logits,
+)
 
 __all__ = [
     "TilingPlan",
     "default_scale",
+    "processor_tile_size",
     "plan_tiles",
     "predict_image",
     "predict_images",
@@ -66,102 +82,31 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------------
-# Geometry
+# Model and processor settings (the geometry, ``tile_positions`` / ``plan_tiles`` /
+# ``TilingPlan``, lives in the image processor's file and is re-exported here)
 # ---------------------------------------------------------------------------------------------
 
 
-def tile_positions(length: int, tile: int, stride: int) -> list[int]:
-    """Start offsets of the windows along one axis of ``length`` pixels.
-
-    Windows of ``tile`` pixels every ``stride`` pixels; the last one is moved back to end at the
-    edge so the whole axis is covered. An axis not longer than ``tile`` gets one window at 0.
-    """
-    if tile < 1 or stride < 1:
-        raise ValueError(f"tile ({tile}) and stride ({stride}) must be >= 1")
-    if length <= tile:
-        return [0]
-    count = math.ceil((length - tile) / stride) + 1
-    return sorted({min(i * stride, length - tile) for i in range(count)})
-
-
-@dataclass
-class TilingPlan:
-    """How one image is cut: padded size, tile size and the top-left corner of every tile.
-
-    Attributes:
-        height, width: size of the original image.
-        padded_height, padded_width: size after padding (at least one tile in each dimension).
-        tile: tile side in image pixels.
-        corners: ``(y, x)`` top-left corner of every tile in the padded image.
-    """
-
-    height: int
-    width: int
-    padded_height: int
-    padded_width: int
-    tile: int
-    corners: list[tuple[int, int]] = field(default_factory=list)
-
-
-def plan_tiles(height: int, width: int, tile: int, overlap: int, align: int = 1) -> TilingPlan:
-    """Plan the tiles of an ``height x width`` image.
-
-    Args:
-        height, width: image size in pixels.
-        tile: tile side in pixels.
-        overlap: pixels shared by neighbouring tiles, ``0 <= overlap < tile``.
-        align: the stride is rounded down to a multiple of this (when that leaves it >= 1), so
-            tiles fall on the model's pooling grid.
-
-    Returns:
-        the :class:`TilingPlan`.
-    """
-    if not 0 <= overlap < tile:
-        raise ValueError(f"overlap must be in [0, tile_size) = [0, {tile}), got {overlap}")
-    stride = tile - overlap
-    if align > 1 and stride >= align:
-        stride -= stride % align
-    ph, pw = max(height, tile), max(width, tile)
-    ys = tile_positions(ph, tile, stride)
-    xs = tile_positions(pw, tile, stride)
-    return TilingPlan(height, width, ph, pw, tile, [(y, x) for y in ys for x in xs])
-
-
-# ---------------------------------------------------------------------------------------------
-# Model and processor settings
-# ---------------------------------------------------------------------------------------------
-
-
-def _size_hw(size: Any) -> tuple[int, int] | None:
-    """(height, width) from a processor ``size`` (dict, int or pair), None if unknown."""
-    if size is None:
-        return None
-    if isinstance(size, int):
-        return size, size
-    if isinstance(size, dict) or hasattr(size, "get"):
-        if size.get("height") and size.get("width"):
-            return int(size["height"]), int(size["width"])
-        if size.get("shortest_edge"):
-            return int(size["shortest_edge"]), int(size["shortest_edge"])
-        return None
-    if hasattr(size, "height") and hasattr(size, "width") and size.height and size.width:
-        return int(size.height), int(size.width)
-    if isinstance(size, list | tuple) and len(size) == 2:
-        return int(size[0]), int(size[1])
-    return None
+def processor_tile_size(processor: Any) -> int:
+    """Side in image pixels of the patches the processor's model was trained on (``PATCH_SIZE`` if unknown)."""
+    return int(getattr(processor, "tile_size", None) or PATCH_SIZE)
 
 
 def default_scale(processor: Any) -> tuple[float, float]:
-    """Image-pixel -> model-pixel factor implied by a processor: its ``size`` / ``PATCH_SIZE``.
+    """Image-pixel -> model-pixel factor implied by a processor: model input of a window / window.
 
-    1.0 when the processor does not resize (or is None).
+    For ``UNetFCNImageProcessor`` (and any processor with ``size``): ``size`` / ``tile_size``
+    (default ``PATCH_SIZE``), e.g. 512 / 256 = 2. 1.0 when the processor does not resize (or is
+    None, or its ``size`` is of no known form).
     """
     if processor is None or not getattr(processor, "do_resize", False):
         return 1.0, 1.0
-    hw = _size_hw(getattr(processor, "size", None))
-    if hw is None:
+    tile = processor_tile_size(processor)
+    try:
+        height, width = window_input_size(getattr(processor, "size", None), tile, tile)
+    except ValueError:
         return 1.0, 1.0
-    return hw[0] / PATCH_SIZE, hw[1] / PATCH_SIZE
+    return height / tile, width / tile
 
 
 def _normalisation(
@@ -182,6 +127,17 @@ def _normalisation(
     )
     std = torch.as_tensor(np.asarray(processor.image_std, dtype=np.float32), device=device).view(1, -1, 1, 1)
     return factor, mean, std
+
+
+def window_align(model_stride: int, processor: Any, scale: tuple[float, float]) -> int:
+    """Window starts are multiples of this (image pixels): the pooling grid of the model and the processor.
+
+    The stride of the windows is rounded to it when it is whole, so that the model's and the
+    processor's grid (UNetFCNImageProcessor plans its windows on its own) cut an image the same
+    way; ``pannuke_hf.slides`` plans a slide's windows with it too.
+    """
+    grid = math.lcm(model_stride, int(getattr(processor, "output_stride", 1) or 1))
+    return stride_align(grid, scale[0]) if scale[0] == scale[1] else 1
 
 
 def _model_stride(model: torch.nn.Module) -> int:
@@ -232,13 +188,13 @@ class _TileRunner:
 
     def __call__(self, tiles: np.ndarray) -> torch.Tensor:
         """``tiles`` (B, T, T, 3) uint8 -> logits (B, C, T, T) float32 on CPU."""
-        x = torch.from_numpy(tiles).to(self.device).permute(0, 3, 1, 2).float()
-        t_h, t_w = x.shape[-2:]
+        t_h, t_w = tiles.shape[1:3]
         in_h = max(1, round(t_h * self.scale[0]))
         in_w = max(1, round(t_w * self.scale[1]))
         if (in_h, in_w) != (t_h, t_w):
-            # antialias when shrinking, as the processor's PIL resize does (no effect when enlarging)
-            x = F.interpolate(x, size=(in_h, in_w), mode="bilinear", align_corners=False, antialias=True)
+            # the one resize rule (OpenCV INTER_LINEAR on 8 bits), as training and the processor
+            tiles = np.stack([resize_image(tile, in_h, in_w) for tile in tiles])
+        x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device).permute(0, 3, 1, 2).float()
         x = x * self.factor
         if self.mean is not None:
             x = (x - self.mean) / self.std
@@ -265,30 +221,27 @@ class _TileRunner:
                     extra.float(), size=logits.shape[-2:], mode="bilinear", align_corners=False
                 )
             logits = torch.cat([logits, extra.to(logits.dtype)], dim=1)
-        if logits.shape[-2:] != x.shape[-2:]:
-            logits = F.interpolate(logits.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
-        logits = logits[..., :in_h, :in_w].float()
-        if (in_h, in_w) != (t_h, t_w):
-            logits = F.interpolate(logits, size=(t_h, t_w), mode="bilinear", align_corners=False)
-        return logits.cpu()
+        # back to the window's image pixels, as UNetFCNImageProcessor.stitch does
+        return window_logits(logits, tuple(x.shape[-2:]), (in_h, in_w), (t_h, t_w)).cpu()
 
 
-def _pad_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Reflect-pad an (H, W, 3) image at the bottom/right to at least (height, width)."""
-    ph, pw = height - image.shape[0], width - image.shape[1]
-    if ph <= 0 and pw <= 0:
-        return image
-    # numpy's reflect handles pads wider than the image (it reflects repeatedly); a single row or
-    # column cannot be reflected, so it is repeated.
-    mode = "reflect" if image.shape[0] > 1 and image.shape[1] > 1 else "edge"
-    return np.pad(image, ((0, max(ph, 0)), (0, max(pw, 0)), (0, 0)), mode=mode)
+#: The reflect padding of images smaller than a window (kept under its old name).
+_pad_to = pad_image
 
 
 def _resolve(processor: Any, tile_size: int | None, overlap: int | None, scale: float | None):
-    tile = int(tile_size) if tile_size is not None else PATCH_SIZE
+    """(tile, overlap, (scale_y, scale_x)): the arguments, else the processor's settings, else the defaults."""
+    tile = int(tile_size) if tile_size is not None else processor_tile_size(processor)
     if tile < 1:
         raise ValueError(f"tile_size must be >= 1, got {tile}")
-    ov = int(overlap) if overlap is not None else round(tile / 3)
+    processor_overlap = (
+        getattr(processor, "tile_overlap", None) if tile == processor_tile_size(processor) else None
+    )
+    ov = (
+        int(overlap)
+        if overlap is not None
+        else (int(processor_overlap) if processor_overlap is not None else round(tile / 3))
+    )
     sc = default_scale(processor) if scale is None else (float(scale), float(scale))
     if sc[0] <= 0 or sc[1] <= 0:
         raise ValueError(f"scale must be > 0, got {sc}")
@@ -362,9 +315,7 @@ def predict_keyed(
     runner = _TileRunner(model, processor, sc) if _runner is None else _runner
     runner.scale = sc
     tiles_done = tiles_planned = 0
-    # stride of the windows rounded to the pooling grid in image pixels, when that is whole
-    align = runner.stride / sc[0]
-    align_px = int(align) if align == int(align) and sc[0] == sc[1] else 1
+    align_px = window_align(runner.stride, processor, sc)
 
     jobs: list[_Job] = []  # images whose tiles are not all predicted yet, in input order
     queue: list[tuple[_Job, int, int]] = []  # tiles waiting for a batch

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .constants import BACKGROUND_LABEL, CLASS_FULL_NAMES, IGNORE_INDEX, NUM_LABELS, PALETTE
-from .models.unet_fcn.image_processing_unet_fcn import to_rgb_array
+from .images import to_rgb_uint8  # re-exported: the conversion lives in pannuke_hf.images
 
 #: Colour drawn for ``IGNORE_INDEX`` pixels (padding / void) in label maps.
 IGNORE_COLOR: tuple[int, int, int] = (255, 255, 255)
@@ -107,42 +107,6 @@ def _check_labels(arr: np.ndarray, name: str = "label_map") -> None:
             f"{name} holds unknown labels {values} (first at pixel {pos}); "
             f"expected 0..{NUM_LABELS - 1} or {IGNORE_INDEX}"
         )
-
-
-def to_rgb_uint8(image: Any, name: str = "image") -> np.ndarray:
-    """Any 2-D image as ``(H, W, 3)`` uint8 RGB.
-
-    Accepted: PIL images of any mode; numpy arrays ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or
-    ``(H, W, 4)``. 16-bit images are divided by 257 (0..65535 -> 0..255); float arrays are read
-    as 0-255 values (the PanNuke ``images.npy`` convention), or as 0-1 when their maximum is
-    <= 1, as ``UNetFCNImageProcessor`` does. Grey images are replicated to three channels;
-    alpha is composited over white (the colour of an empty slide).
-
-    Raises:
-        ValueError: wrong shape, empty image, non-finite or out-of-range values (the message
-            names ``name``).
-    """
-    if isinstance(image, Image.Image):
-        source = image
-        shape = (image.height, image.width)
-    else:
-        if hasattr(image, "detach"):
-            image = image.detach().cpu().numpy()
-        source = np.asarray(image)
-        if not (source.ndim == 2 or (source.ndim == 3 and source.shape[-1] in (1, 2, 3, 4))):
-            raise ValueError(f"{name}: expected an (H, W[, 1|2|3|4]) image, got shape {source.shape}")
-        shape = source.shape[:2]
-    if 0 in shape:
-        raise ValueError(f"{name}: empty image of shape {shape}")
-    if not isinstance(source, Image.Image) and source.dtype.kind == "f" and not np.isfinite(source).all():
-        pos = tuple(int(i) for i in np.argwhere(~np.isfinite(source))[0])
-        raise ValueError(f"{name}: non-finite pixel value at index {pos}")
-    try:
-        # The processor's conversion rules, so pictures show exactly what the model sees.
-        values = to_rgb_array(source, index=0, data_format="channels_last")  # (3, H, W) float32
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name}: {str(err).removeprefix('image 0: ')}") from None
-    return np.rint(np.moveaxis(values, 0, -1)).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------

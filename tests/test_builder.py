@@ -144,6 +144,16 @@ def test_void_label_config_gives_its_own_build(built, raw_root, tmp_path):
         PanNuke(data_dir=str(raw_root), cache_dir=cache, void_label=300)
 
 
+@pytest.mark.parametrize("value", [3, 1, 254, 300, -1, True, 255.0, "255"])
+def test_void_label_other_than_0_or_255_is_refused(value, raw_root, tmp_path):
+    # 3 would turn every void pixel into connective tissue, silently
+    with pytest.raises(ValueError, match=r"void_label must be 0 .* or 255"):
+        datasets.load_dataset(
+            "pannuke_hf", data_dir=str(raw_root), cache_dir=str(tmp_path), split="fold1", void_label=value
+        )
+    assert not any(tmp_path.rglob("*.arrow"))  # refused before anything was built
+
+
 def test_changed_raw_file_gives_fresh_build(tmp_path):
     raw_dir = tmp_path / "raw"
     images, masks, types = tiny_release(raw_dir)

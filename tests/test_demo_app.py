@@ -322,11 +322,75 @@ def test_demo_command_without_a_checkpoint_says_how_to_get_one(tmp_path, monkeyp
     assert "`python train.py`" in err and "demo_output" in err and "Traceback" not in err
 
 
-def test_demo_command_with_a_broken_model_path_fails_cleanly(tmp_path, capsys):
+@pytest.mark.parametrize("model", ["/nonexistent", "nowhere_rel", "runs/typo"])
+def test_demo_command_with_a_missing_model_says_no_such_folder_before_any_work(
+    tmp_path, monkeypatch, capsys, model
+):
+    """Not "Repo id must use alphanumeric chars" from the Hub client: the folder does not exist."""
     from pannuke_hf.commands.demo import main
 
-    assert main(["--model", str(tmp_path / "nowhere")]) == 1
-    assert "cannot load the model" in capsys.readouterr().err
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded although the folder does not exist")
+
+    monkeypatch.setattr(processing, "load_demo_model", no_loading)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert main(["--model", model]) == 1
+    err = capsys.readouterr().err
+    assert f"--model {model}: no such folder" in err
+    assert "alphanumeric" not in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_demo_command_with_a_folder_that_holds_no_model_fails_cleanly(tmp_path, capsys):
+    from pannuke_hf.commands.demo import main
+
+    assert main(["--model", str(tmp_path)]) == 1
+    assert "holds no model" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# What the page says the model was trained on: its card, or nothing
+# ---------------------------------------------------------------------------------------------
+
+
+def _card_folder(folder: Path, synthetic: bool | None) -> Path:
+    """A folder holding the model card of a run on generated data / on PanNuke, or no card."""
+    from pannuke_hf.training.model_card import render_model_card
+
+    folder.mkdir(parents=True)
+    if synthetic is not None:
+        card = render_model_card("run", synthetic_data=synthetic)  # no evaluation: the header alone
+        (folder / "README.md").write_text(card)
+    return folder
+
+
+def test_footer_says_what_the_checkpoint_was_trained_on(tmp_path):
+    from pannuke_hf.demo.app import footer
+
+    generated = footer(processing.training_data_for(_card_folder(tmp_path / "gen", True)))
+    assert "generated PanNuke-format data" in generated and "not a pathology model" in generated
+    assert "PanNuke](" not in generated  # never "trained on PanNuke"
+    pannuke = footer(processing.training_data_for(_card_folder(tmp_path / "pan", False)))
+    assert pannuke.startswith("Model trained on [PanNuke](") and "CC BY-NC-SA 4.0" in pannuke
+    unknown = footer(processing.training_data_for(_card_folder(tmp_path / "none", None)))
+    assert unknown == "A research demo, not a diagnostic tool."  # nothing about data
+    # a Hub id that cannot be fetched (the tests run offline): unknown, no error
+    assert processing.training_data_for("someone/not-cached") is None
+
+
+def test_cards_are_read_for_their_training_data():
+    from pannuke_hf.training.model_card import render_model_card, training_data_from_card
+
+    # a demo card written before the synthetic-data tag: its model-index names the generated data
+    legacy = render_model_card("demo", results={"summary": {"mIoU": 0.5}}, synthetic_data=True)
+    legacy = legacy.replace("- synthetic-data\n", "")
+    assert "synthetic-data" not in legacy and training_data_from_card(legacy).generated
+    other = "---\nlicense: mit\ndatasets:\n- someone/my-slides\n- pannuke\n---\n# m\n"
+    found = training_data_from_card(other)
+    assert not found.generated and found.pannuke and found.datasets == ("someone/my-slides", "pannuke")
+    assert "[`someone/my-slides`](https://huggingface.co/datasets/someone/my-slides)" in found.markdown()
+    for no_data in ("# a card without a header\n", "---\nlicense: mit\n---\n", "---\n: [\n---\n"):
+        assert training_data_from_card(no_data) is None, no_data
 
 
 def test_cli_help_lists_the_demo_without_importing_gradio():
@@ -352,3 +416,26 @@ def test_build_app_makes_a_page_with_the_model(loaded):
     assert {"Overlay opacity", "Scan magnification", "Nuclei per class"} <= labels
     assert any(str(label).startswith("Downloads") for label in labels)
     app.close()
+
+
+def test_page_footer_follows_the_model_card(loaded, tmp_path):
+    import gradio as gr
+
+    from pannuke_hf.demo import build_app
+
+    model, processor = loaded
+    for synthetic, expected in ((True, "generated PanNuke-format data"), (None, None)):
+        folder = _card_folder(tmp_path / f"card_{synthetic}", synthetic)
+        app = build_app(str(folder), model=model, processor=processor)
+        assert isinstance(app, gr.Blocks)
+        (text,) = [
+            c["props"]["value"]
+            for c in app.get_config_file()["components"]
+            if c.get("props", {}).get("elem_id") == "footer"
+        ]
+        app.close()
+        assert "PanNuke](" not in text  # the old footer: "Trained on [PanNuke](...)"
+        if expected:
+            assert expected in text
+        else:
+            assert "trained" not in text.lower()

@@ -6,7 +6,10 @@ counts table against what `pannuke-hf predict` writes for the same image; then i
 that is not an image and checks the message, and that the page still serves a good upload.
 
 Screenshots (empty page, a result, an error) go to ``$PANNUKE_SCREENSHOTS`` when set (e.g.
-``PANNUKE_SCREENSHOTS=docs/screenshots``), else to the test's temporary folder.
+``PANNUKE_SCREENSHOTS=docs/screenshots``), else to the test's temporary folder. The page serves a
+tiny random checkpoint (with the model card of a run on generated data), or the checkpoint folder
+``$PANNUKE_DEMO_MODEL`` when set: the screenshots in docs/ come from the trained demo checkpoint
+(``python train.py --output_dir demo_output``, then ``PANNUKE_DEMO_MODEL=demo_output``).
 
 Needs ``/usr/bin/chromium`` (``apt-get install chromium``) and ``pip install playwright``; skipped,
 saying which is missing, without them.
@@ -67,12 +70,19 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def demo_server(tmp_path_factory):
-    """`pannuke-hf demo --model <tiny checkpoint>` on a free port; yields (url, checkpoint)."""
+    """`pannuke-hf demo --model <checkpoint>` on a free port; yields (url, checkpoint)."""
     _skip_without_browser()
     from test_demo_app import save_tiny_checkpoint
 
+    from pannuke_hf.training.model_card import render_model_card
+
     root = tmp_path_factory.mktemp("demo_server")
-    checkpoint = save_tiny_checkpoint(root / "ckpt")
+    checkpoint = root / "demo_output"  # served as `--model demo_output`, the name the page shows
+    if os.environ.get("PANNUKE_DEMO_MODEL"):
+        checkpoint.symlink_to(Path(os.environ["PANNUKE_DEMO_MODEL"]).resolve(), target_is_directory=True)
+    else:
+        save_tiny_checkpoint(checkpoint)
+        (checkpoint / "README.md").write_text(render_model_card("tiny", synthetic_data=True))
     port = _free_port()
     env = dict(
         os.environ, OMP_NUM_THREADS="1", GRADIO_ANALYTICS_ENABLED="False", NO_PROXY="127.0.0.1,localhost"
@@ -84,7 +94,7 @@ def demo_server(tmp_path_factory):
         "pannuke_hf.cli",
         "demo",
         "--model",
-        str(checkpoint),
+        checkpoint.name,
         "--port",
         str(port),
     ]
@@ -145,7 +155,7 @@ def table_rows(page) -> list[list[str]]:
 def test_upload_result_matches_predict_and_bad_upload_shows_a_message(demo_server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    from pannuke_hf.demo.processing import SUMMARY_HEADERS, example_paths
+    from pannuke_hf.demo.processing import SUMMARY_HEADERS, example_paths, training_data_for
 
     url, checkpoint = demo_server
     shots = Path(os.environ.get("PANNUKE_SCREENSHOTS") or tmp_path)
@@ -165,6 +175,12 @@ def test_upload_result_matches_predict_and_bad_upload_shows_a_message(demo_serve
             legend = page.locator("#pannuke-legend")
             for name in constants.CLASS_FULL_NAMES[1:]:
                 expect(legend).to_contain_text(name)
+            # the footer says what the checkpoint was trained on (its card), never "PanNuke" blindly
+            footer = page.locator("#footer")
+            expect(footer).to_contain_text("A research demo, not a diagnostic tool.")
+            if training_data_for(checkpoint) is not None and training_data_for(checkpoint).generated:
+                expect(footer).to_contain_text("generated PanNuke-format data")
+                expect(footer).not_to_contain_text("trained on PanNuke")
             page.screenshot(path=str(shots / "demo_empty.png"), full_page=True)
 
             # 1. a patch: the overlay appears and the table matches `pannuke-hf predict`

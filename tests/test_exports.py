@@ -22,6 +22,16 @@ from pannuke_hf.exports import (
     write_release_array,
 )
 
+#: What a pathologist reads for labels 1-5, written out (not read from the package): the PanNuke
+#: release's class descriptions. Label 5 is *non*-neoplastic epithelium.
+FULL_NAMES = {
+    1: "neoplastic",
+    2: "inflammatory",
+    3: "connective / soft tissue",
+    4: "dead",
+    5: "non-neoplastic epithelial",
+}
+
 
 def shoelace(ring) -> float:
     """Unsigned area of a closed ring [[x, y], ...] (first point repeated)."""
@@ -65,18 +75,20 @@ def test_records_centroid_area_and_box_of_a_known_square(nuclei):
     # pixels x = 50..59, y = 10..19; pixel centres at +0.5
     assert square == {
         "id": 2,
-        "class": "connective",
+        "class": "connective / soft tissue",
         "centroid_x": 55.0,
         "centroid_y": 15.0,
         "area": 100,
+        "area_um2": 6.25,  # 100 pixels of 0.25 x 0.25 µm
         "bbox_x0": 50,
         "bbox_y0": 10,
         "bbox_x1": 60,
         "bbox_y1": 20,
         "score": 0.8,
     }
-    assert [r["class"] for r in records] == ["neoplastic", "connective", "epithelial", "inflammatory", "dead"]
+    assert [r["class"] for r in records] == [FULL_NAMES[s["label_id"]] for s in segments]
     assert [r["area"] for r in records] == [int((ids == k).sum()) for k in range(1, 6)]
+    assert nuclei_records(ids, segments, ID2LABEL, microns_per_pixel=0.5)[1]["area_um2"] == 25.0
     shifted = nuclei_records(ids, segments, ID2LABEL, offset=(1000, 2000))[1]
     assert (shifted["centroid_x"], shifted["centroid_y"], shifted["bbox_x0"], shifted["bbox_y1"]) == (
         1055.0,
@@ -99,13 +111,15 @@ def test_csv_columns_and_values(nuclei, tmp_path):
         "centroid_x",
         "centroid_y",
         "area",
+        "area_um2",
         "bbox_x0",
         "bbox_y0",
         "bbox_x1",
         "bbox_y1",
         "score",
     ]
-    assert rows[1]["class"] == "connective" and float(rows[1]["centroid_x"]) == 55.0
+    assert float(rows[1]["area_um2"]) == 6.25
+    assert rows[1]["class"] == "connective / soft tissue" and float(rows[1]["centroid_x"]) == 55.0
     assert int(rows[1]["area"]) == 100 and float(rows[1]["score"]) == 0.8
     write_nuclei_csv([], tmp_path / "empty.csv")
     assert (tmp_path / "empty.csv").read_text().strip() == ",".join(CSV_COLUMNS)
@@ -124,7 +138,7 @@ def test_geojson_feature_collection_polygons_cover_the_nuclei(nuclei, tmp_path):
         props = feature["properties"]
         label = segment["label_id"]
         assert props["objectType"] == "detection"
-        assert props["classification"]["name"].lower() == ID2LABEL[label]
+        assert props["classification"]["name"] == FULL_NAMES[label]  # the CSV's name, not recased
         assert props["classification"]["color"] == list(PALETTE[label])
         geometry = feature["geometry"]
         polygons = [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
@@ -193,3 +207,25 @@ def test_release_array_holds_each_nucleus_in_its_class_channel(nuclei, tmp_path)
         )
     with pytest.raises(ValueError, match="expected 3 predictions, got 2"):
         write_release_array(tmp_path / "short.npy", [(ids, segments), empty], num_images=3)
+
+
+def test_csv_and_geojson_carry_one_name_per_class_and_keep_other_label_sets(nuclei, tmp_path):
+    """The CSV ``class`` and the QuPath class of a nucleus are the same full name; "Epithelial"
+    beside "Neoplastic" (the class is non-neoplastic) never reaches QuPath. A model whose id2label
+    names other classes keeps its own names; JSON configs have string keys."""
+    ids, segments = nuclei
+    records = nuclei_records(ids, segments, ID2LABEL)
+    features = nuclei_geojson(ids, segments, ID2LABEL)["features"]
+    csv_names = [r["class"] for r in records]
+    assert csv_names == [f["properties"]["classification"]["name"] for f in features]
+    assert set(csv_names) == set(FULL_NAMES.values())
+    assert "epithelial" not in csv_names and "Epithelial" not in json.dumps(features)
+
+    custom = {"0": "background", "1": "tumour", "2": "lymphocyte", "3": "stroma", "4": "dead", "5": "other"}
+    assert [r["class"] for r in nuclei_records(ids, segments, custom)] == [
+        "tumour", "stroma", "other", "lymphocyte", "dead"
+    ]  # fmt: skip
+    names = [
+        f["properties"]["classification"]["name"] for f in nuclei_geojson(ids, segments, custom)["features"]
+    ]
+    assert names == ["tumour", "stroma", "other", "lymphocyte", "dead"]

@@ -24,8 +24,10 @@ MODEL_CODE_DIR = Path(pannuke_hf.__file__).resolve().parent / "models" / "unet_f
 #: The files a pushed checkpoint needs for ``trust_remote_code`` (README, "Loading").
 CODE_FILES = ("configuration_unet_fcn.py", "modeling_unet_fcn.py", "image_processing_unet_fcn.py")
 #: Written out, not read from the package: what ``config.json`` / ``preprocessor_config.json`` must map.
+#: ``AutoModel`` too (the backbone), which transformers alone would leave out: every Auto class loads.
 MODEL_AUTO_MAP = {
     "AutoConfig": "configuration_unet_fcn.UNetFCNConfig",
+    "AutoModel": "modeling_unet_fcn.UNetFCNModel",
     "AutoModelForSemanticSegmentation": "modeling_unet_fcn.UNetFCNForSemanticSegmentation",
 }
 PROCESSOR_AUTO_MAP = {"AutoImageProcessor": "image_processing_unet_fcn.UNetFCNImageProcessor"}
@@ -85,7 +87,13 @@ def test_push_round_trip_without_leaking_the_token(
     values = {m["name"]: m["value"] for m in result["metrics"]}
     assert values["mIoU"] == pytest.approx(round(100 * metrics["eval_mean_iou"], 2))
     assert values["mDice"] == pytest.approx(round(100 * metrics["eval_mean_dice"], 2))
-    for section in ("## Training configuration", "## Results", "## Intended use", "## Citation", "| mIoU |"):
+    for section in (
+        "## Training configuration",
+        "## Results",
+        "## Intended use",
+        "## Citation",
+        "| mIoU (%) |",
+    ):
         assert section in card
 
     # No file written or pushed, and no log line, holds the token.
@@ -107,14 +115,18 @@ REMOTE_LOAD_SCRIPT = textwrap.dedent(
     import sys
 
     import torch
-    from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForSemanticSegmentation
 
     torch.set_num_threads(1)
     repo_id, expected_path = sys.argv[1], sys.argv[2]
     config = AutoConfig.from_pretrained(repo_id, trust_remote_code=True)
     model = AutoModelForSemanticSegmentation.from_pretrained(repo_id, trust_remote_code=True).eval()
+    backbone = AutoModel.from_pretrained(repo_id, trust_remote_code=True).eval()
     processor = AutoImageProcessor.from_pretrained(repo_id, trust_remote_code=True)
-    for obj in (config, model, processor):
+    names = [type(obj).__name__ for obj in (config, model, backbone, processor)]
+    if names != ["UNetFCNConfig", "UNetFCNForSemanticSegmentation", "UNetFCNModel", "UNetFCNImageProcessor"]:
+        raise SystemExit(f"the Auto classes gave {names}")
+    for obj in (config, model, backbone, processor):
         module = type(obj).__module__
         if not module.startswith("transformers_modules."):
             raise SystemExit(f"{type(obj).__name__} came from {module}, not from the repository's code")
@@ -127,9 +139,12 @@ REMOTE_LOAD_SCRIPT = textwrap.dedent(
         raise SystemExit("processor output differs from the original processor's")
     with torch.no_grad():
         outputs = model(pixel_values)
+        features = backbone(pixel_values).last_hidden_state
     if not torch.equal(outputs.logits, expected["logits"]):
         diff = (outputs.logits - expected["logits"]).abs().max().item()
         raise SystemExit(f"logits differ from the original model's (max abs difference {diff})")
+    if not torch.equal(features, expected["features"]):  # the backbone's trained weights, not random
+        raise SystemExit("AutoModel's features differ from the original backbone's")
     height, width = expected["image"].shape[:2]
     segmentation = processor.post_process_semantic_segmentation(outputs, target_sizes=[(height, width)])[0]
     if not torch.equal(segmentation, expected["segmentation"]):
@@ -155,28 +170,7 @@ def assert_repo_loads_with_remote_code(hub_server, repo_id: str, model, processo
     assert config["model_type"] == "unet_fcn"
     preprocessor = json.loads(hub_server.file_bytes(repo_id, "preprocessor_config.json"))
     assert preprocessor["auto_map"] == PROCESSOR_AUTO_MAP
-
-    # Expected outputs of the originals, on one thread (the subprocess uses one too).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8))
-        pixel_values = processor(image.numpy(), return_tensors="pt")["pixel_values"]
-        with torch.no_grad():
-            outputs = model.eval()(pixel_values)
-        segmentation = processor.post_process_semantic_segmentation(outputs, target_sizes=[(40, 48)])[0]
-    finally:
-        torch.set_num_threads(threads)
-    expected_path = work_dir / "expected.pt"
-    torch.save(
-        {
-            "image": image,
-            "pixel_values": pixel_values,
-            "logits": outputs.logits,
-            "segmentation": segmentation,
-        },
-        expected_path,
-    )
+    expected_path = save_expected_outputs(model, processor, work_dir)
 
     env = {
         "HF_ENDPOINT": hub_server.endpoint,
@@ -197,6 +191,34 @@ def assert_repo_loads_with_remote_code(hub_server, repo_id: str, model, processo
     assert set(CODE_FILES) <= fetched  # the code really came from the Hub
 
 
+def save_expected_outputs(model, processor, work_dir: Path) -> Path:
+    """The originals' outputs (processor, logits, backbone features, segmentation) on one image,
+    computed on one thread as the subprocess runs, saved to ``work_dir / "expected.pt"``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8))
+        pixel_values = processor(image.numpy(), return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            outputs = model.eval()(pixel_values)
+            features = model.unet(pixel_values).last_hidden_state
+        segmentation = processor.post_process_semantic_segmentation(outputs, target_sizes=[(40, 48)])[0]
+    finally:
+        torch.set_num_threads(threads)
+    expected_path = work_dir / "expected.pt"
+    torch.save(
+        {
+            "image": image,
+            "pixel_values": pixel_values,
+            "logits": outputs.logits,
+            "features": features,
+            "segmentation": segmentation,
+        },
+        expected_path,
+    )
+    return expected_path
+
+
 def test_model_and_processor_push_to_hub_load_with_remote_code(hub_server, tmp_path):
     from pannuke_hf.models.unet_fcn import (
         UNetFCNConfig,
@@ -214,3 +236,22 @@ def test_model_and_processor_push_to_hub_load_with_remote_code(hub_server, tmp_p
     model.push_to_hub(repo_id)
     processor.push_to_hub(repo_id)
     assert_repo_loads_with_remote_code(hub_server, repo_id, model, processor, tmp_path)
+
+
+def test_saved_checkpoint_loads_with_every_auto_class_without_pannuke_hf(tmp_path):
+    """A ``save_pretrained`` folder (no Hub): AutoConfig, AutoModel, AutoModelForSemanticSegmentation
+    and AutoImageProcessor load it with ``trust_remote_code`` where pannuke_hf cannot be imported."""
+    from _models import tiny_unet_fcn
+
+    from pannuke_hf.models.unet_fcn import UNetFCNImageProcessor
+
+    model = tiny_unet_fcn(seed=3)
+    processor = UNetFCNImageProcessor(size={"height": 32, "width": 32})
+    folder = tmp_path / "checkpoint"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    assert json.loads((folder / "config.json").read_text())["auto_map"] == MODEL_AUTO_MAP
+    expected_path = save_expected_outputs(model, processor, tmp_path)
+    done = run_without_pannuke_hf(REMOTE_LOAD_SCRIPT, tmp_path, args=(str(folder), str(expected_path)))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert "REMOTE-CODE-OK transformers_modules." in done.stdout, done.stdout

@@ -81,9 +81,9 @@ def test_invalid_head_settings_are_refused():
         UNetFCNConfig(instance_head="hv", hv_msge_loss_weight=-1.0)
     plain = UNetFCNForSemanticSegmentation(UNetFCNConfig(base_channels=4, num_stages=2))
     with pytest.raises(ValueError, match="no instance head"):
-        plain(torch.zeros(1, 3, 16, 16), nuclei_labels=torch.zeros(1, 16, 16, dtype=torch.long))
-    with pytest.raises(ValueError, match="need nuclei_labels or labels"):
-        tiny_hv()(torch.zeros(1, 3, 16, 16), hv_labels=torch.zeros(1, 2, 16, 16))
+        plain(torch.zeros(1, 3, 16, 16), nuclei_targets=torch.zeros(1, 16, 16, dtype=torch.long))
+    with pytest.raises(ValueError, match="need nuclei_targets or labels"):
+        tiny_hv()(torch.zeros(1, 3, 16, 16), hv_targets=torch.zeros(1, 2, 16, 16))
 
 
 def test_nuclei_loss_is_cross_entropy_plus_dice():
@@ -142,7 +142,7 @@ def test_forward_loss_adds_every_term():
     labels[1, :4] = 255
     hv = torch.rand(2, 2, 16, 16, generator=generator) * 2 - 1
     with torch.no_grad():
-        output = model(pixel_values, labels=labels, hv_labels=hv)
+        output = model(pixel_values, labels=labels, hv_targets=hv)
         nuclei = torch.where(labels == 255, 255, (labels > 0).long())
         expected = (
             F.cross_entropy(output.logits, labels, ignore_index=255)
@@ -176,8 +176,8 @@ def generated_batch(size: int = 48, count: int = 3) -> dict[str, torch.Tensor]:
     return {
         "pixel_values": torch.stack(images),
         "labels": torch.stack(labels),
-        "nuclei_labels": torch.stack(nuclei),
-        "hv_labels": torch.stack(hvs),
+        "nuclei_targets": torch.stack(nuclei),
+        "hv_targets": torch.stack(hvs),
     }
 
 
@@ -194,7 +194,7 @@ def test_a_tiny_hv_model_learns_on_generated_data():
         losses.append(output.loss.item())
         with torch.no_grad():
             hv_losses.append(
-                hv_maps_loss(output.hv_maps, batch["hv_labels"], batch["nuclei_labels"], 255).item()
+                hv_maps_loss(output.hv_maps, batch["hv_targets"], batch["nuclei_targets"], 255).item()
             )
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses
     assert np.mean(hv_losses[-3:]) < np.mean(hv_losses[:3]), hv_losses
@@ -252,3 +252,17 @@ def test_trust_remote_code_keeps_the_head(tmp_path):
     result = run_without_pannuke_hf(script, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "HEAD hv UNetFCNSemanticSegmenterOutput" in result.stdout
+
+
+@pytest.mark.slow
+def test_hv_training_forward_compiles_without_graph_breaks():
+    """torch.compile captures the hv model's training forward, the three losses included, as one graph."""
+    model = tiny_hv().train()
+    pixel_values = torch.randn(2, 3, 32, 32)
+    labels = torch.randint(0, 6, (2, 32, 32))
+    nuclei = (labels > 0).long()
+    hv = torch.rand(2, 2, 32, 32) * 2 - 1
+    explanation = torch._dynamo.explain(model)(
+        pixel_values, labels=labels, nuclei_targets=nuclei, hv_targets=hv
+    )
+    assert explanation.graph_break_count == 0, explanation.break_reasons

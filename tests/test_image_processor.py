@@ -156,13 +156,13 @@ def test_bad_images_are_refused_with_their_index(processor, image, message):
 
 def test_segmentation_maps_become_int64_labels_resized_nearest(processor):
     rng = np.random.default_rng(1)
-    labels = rng.integers(0, 6, (64, 64)).astype(np.uint8)
+    labels = rng.integers(0, 6, (256, 256)).astype(np.uint8)  # one PanNuke patch: one window
     labels[:8] = 255
-    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    image = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
     out = processor(image, segmentation_maps=PIL.Image.fromarray(labels), return_tensors="pt")
     assert out["labels"].shape == (1, 512, 512) and out["labels"].dtype == torch.int64
-    # Nearest x8 upscaling: every output pixel copies its source pixel; 255 stays 255.
-    np.testing.assert_array_equal(out["labels"][0].numpy(), np.kron(labels, np.ones((8, 8), np.uint8)))
+    # Nearest x2 upscaling: every output pixel copies its source pixel; 255 stays 255.
+    np.testing.assert_array_equal(out["labels"][0].numpy(), np.kron(labels, np.ones((2, 2), np.uint8)))
     same = processor(image, segmentation_maps=torch.from_numpy(labels.astype(np.int64)), return_tensors="pt")
     torch.testing.assert_close(same["labels"], out["labels"])
     float_maps = processor(
@@ -195,6 +195,7 @@ def test_post_process_semantic_segmentation(processor):
     logits[0, 2] = 1.0  # image 0: class 2 everywhere
     logits[1, 1, :, :2] = 1.0  # image 1: class 1 on the left half, class 0 elsewhere
     outputs = SemanticSegmenterOutput(logits=logits)
+    processor = UNetFCNImageProcessor(do_tile=False)  # one input per image: logits resized to it
     maps = processor.post_process_semantic_segmentation(outputs)
     assert isinstance(maps, list) and len(maps) == 2
     assert maps[0].shape == (4, 4) and torch.all(maps[0] == 2)
@@ -230,3 +231,68 @@ def test_input_data_format_resolves_ambiguous_layouts(processor):
     first = first["pixel_values"][0]
     assert first.shape == (3, 4, 3)
     np.testing.assert_allclose(first[:, 0, 0], normalised((255, 0, 0)), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Conventions of transformers' segmentation processors (issue 19, item 13)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["init", "call"])
+def test_do_reduce_labels_is_accepted_and_applied(where):
+    labels = np.array([[0, 1, 2], [5, 255, 3], [0, 0, 4]], np.uint8)
+    image = np.zeros((3, 3, 3), np.uint8)
+    if where == "init":
+        out = UNetFCNImageProcessor(do_reduce_labels=True)(image, segmentation_maps=labels, do_resize=False)
+    else:
+        out = UNetFCNImageProcessor()(image, segmentation_maps=labels, do_resize=False, do_reduce_labels=True)
+    # transformers' rule: 0 (unlabelled) -> 255 (ignored), the others minus 1, 255 stays
+    np.testing.assert_array_equal(out["labels"][0], [[255, 0, 1], [4, 255, 2], [255, 255, 3]])
+    plain = UNetFCNImageProcessor()(image, segmentation_maps=labels, do_resize=False)
+    np.testing.assert_array_equal(plain["labels"][0], labels)
+
+
+@pytest.mark.parametrize("where", ["init", "call"])
+def test_shortest_edge_size_gives_square_windows(where):
+    image = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    size = {"shortest_edge": 32}
+    if where == "init":
+        values = UNetFCNImageProcessor(size=size)(image, return_tensors="np")["pixel_values"]
+    else:
+        values = UNetFCNImageProcessor()(image, size=size, return_tensors="np")["pixel_values"]
+    assert values.shape == (1, 3, 32, 32)
+    # the whole image (no windows) keeps its aspect ratio: shortest edge 32
+    whole = UNetFCNImageProcessor(do_tile=False)(
+        np.zeros((60, 90, 3), np.uint8), size=size, return_tensors="np"
+    )
+    assert whole["pixel_values"].shape == (1, 3, 32, 48)
+
+
+def test_a_size_of_no_usable_form_is_one_line():
+    with pytest.raises(
+        ValueError, match=r"^size must be \{'height': H, 'width': W\}, \{'shortest_edge': S\}"
+    ):
+        UNetFCNImageProcessor(size={"max_height": 64, "max_width": 64})
+    with pytest.raises(ValueError, match=r"^size must be"):
+        UNetFCNImageProcessor()(np.zeros((8, 8, 3), np.uint8), size={"max_height": 64, "max_width": 64})
+
+
+@pytest.mark.parametrize("where", ["init", "call"])
+def test_integer_mean_and_std_are_accepted(where):
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    kwargs = {"image_mean": [0, 0, 0], "image_std": (1, 2, 1), "do_resize": False}
+    if where == "init":
+        values = UNetFCNImageProcessor(**kwargs)(image, return_tensors="np")["pixel_values"][0]
+    else:
+        values = UNetFCNImageProcessor()(image, return_tensors="np", **kwargs)["pixel_values"][0]
+    expected = image.transpose(2, 0, 1).astype(np.float32) / np.array([1, 2, 1], np.float32)[:, None, None]
+    np.testing.assert_array_equal(values, expected)
+
+
+def test_another_resample_is_refused_not_ignored():
+    image = np.zeros((8, 8, 3), np.uint8)
+    assert UNetFCNImageProcessor(resample=PIL.Image.BILINEAR)(image, return_tensors="np")[
+        "pixel_values"
+    ].shape
+    with pytest.raises(ValueError, match="images are resized with one rule, bilinear"):
+        UNetFCNImageProcessor()(image, resample=PIL.Image.BICUBIC)

@@ -168,18 +168,18 @@ def test_transform_computes_targets_after_resize_and_flip(flip):
     transform = InstanceTargetTransform(inner)
     assert transform.columns == ["image", "semantic_mask", "instance_mask"]
     out = transform.transform_batch(batch, keys=[(0, 0)])
-    assert set(out) == {"pixel_values", "labels", "nuclei_labels", "hv_labels"}
+    assert set(out) == {"pixel_values", "labels", "nuclei_targets", "hv_targets"}
     # Expected: nearest resize by 2 keeps every other pixel (OpenCV INTER_NEAREST: source = 2 * x),
     # then the flip, then the definition.
     small = instance_map[::2, ::2]
     small_labels = labels[::2, ::2]
     if flip:
         small, small_labels = np.fliplr(small), np.fliplr(small_labels)
-    hv = out["hv_labels"][0]
+    hv = out["hv_targets"][0]
     assert hv.dtype == torch.float32 and hv.shape == (2, 32, 32)
     np.testing.assert_allclose(hv.numpy(), reference_hv(small), atol=1e-6)
     expected_nuclei = np.where(small_labels == 255, 255, small > 0)
-    np.testing.assert_array_equal(out["nuclei_labels"][0].numpy(), expected_nuclei)
+    np.testing.assert_array_equal(out["nuclei_targets"][0].numpy(), expected_nuclei)
     # The image's leftmost pixel of nucleus 300 has h = -1; flipped, it is the rightmost, h = +1.
     row, left_end = 10, int(np.flatnonzero(instance_map[::2, ::2][10] == 300).min())
     column = 31 - left_end if flip else left_end

@@ -99,7 +99,8 @@ def test_model_config_defaults_carry_the_pinned_names():
 def _table_rows(markdown: str) -> list[tuple[str, ...]]:
     """(name, IoU, Dice, Acc) of each row of the per-class table (the first table)."""
     lines = markdown.splitlines()
-    start = lines.index("| Class | IoU | Dice | Acc |") + 2  # skip the header and its rule
+    # the header names the unit ("| Class | IoU (%) | ..."): find it by its first cell
+    start = next(i for i, line in enumerate(lines) if line.startswith("| Class | IoU")) + 2
     rows = []
     for line in lines[start:]:
         if not line.strip():
@@ -188,3 +189,38 @@ def test_a_generated_patch_keeps_its_class_names_from_raw_to_the_results_table(t
         (5, "epithelial", "non-neoplastic epithelial"),
     ]
     assert [c["iou"] for c in per_class][1:] == pytest.approx([0.10, 0.25, 0.50, 0.75, 1.00], abs=1e-12)
+
+
+def test_one_name_per_class_in_exports_and_in_the_documented_table():
+    """The exported files carry the literal full names; the model keeps the short identifiers; the
+    one table of names and colours in docs/instances.md says exactly what the package does."""
+    import re
+    from pathlib import Path
+
+    from pannuke_hf import constants
+    from pannuke_hf.exports import nuclei_geojson, nuclei_records
+    from pannuke_hf.models.unet_fcn import UNetFCNConfig
+
+    config = UNetFCNConfig()
+    assert [config.id2label[k] for k in range(6)] == list(LABEL_NAMES)  # checkpoints keep their labels
+    ids = np.zeros((8, 12), dtype=np.int32)
+    segments = []
+    for label in range(1, 6):
+        ids[1:3, 2 * label : 2 * label + 1] = label
+        segments.append({"id": label, "label_id": label, "score": 1.0})
+    csv_names = [r["class"] for r in nuclei_records(ids, segments, config.id2label)]
+    qupath = [
+        f["properties"]["classification"]["name"]
+        for f in nuclei_geojson(ids, segments, config.id2label)["features"]
+    ]
+    assert csv_names == qupath == list(LABEL_FULL_NAMES[1:])
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "instances.md").read_text()
+    section = doc.split("### Class names and colours", 1)[1]
+    rows = re.findall(
+        r"^\| (\d) \| `([^`]+)` \| ([^|]+) \| [^|(]*\((\d+), (\d+), (\d+)\)[^|]*\|$", section, re.M
+    )
+    assert [(int(k), short, full.strip()) for k, short, full, *_ in rows] == [
+        (k, LABEL_NAMES[k], LABEL_FULL_NAMES[k]) for k in range(6)
+    ]
+    assert [(int(r), int(g), int(b)) for *_, r, g, b in rows] == list(constants.PALETTE)

@@ -202,14 +202,14 @@ def sample_metrics():
 def test_results_table_reference_form_with_full_names_in_percent():
     metrics = sample_metrics()
     per_class, summary = parse_markdown_tables(results_table(metrics))
-    assert per_class[0] == ["Class", "IoU", "Dice", "Acc"]
+    assert per_class[0] == ["Class", "IoU (%)", "Dice (%)", "Acc (%)"]  # the unit in every header
     assert [row[0] for row in per_class[1:]] == list(CLASS_FULL_NAMES)
     assert CLASS_FULL_NAMES[5] == "non-neoplastic epithelial"
     for i, row in enumerate(per_class[1:6]):
         for cell, key in zip(row[1:], ("per_category_iou", "per_category_dice", "per_category_accuracy")):
             assert float(cell) == pytest.approx(100 * metrics[key][i], abs=0.005)
     assert per_class[6][1:] == ["n/a", "n/a", "n/a"]
-    assert summary[0] == ["mIoU", "mDice", "aAcc", "mAcc"]
+    assert summary[0] == ["mIoU (%)", "mDice (%)", "aAcc (%)", "mAcc (%)"]
     for cell, key in zip(summary[1], ("mean_iou", "mean_dice", "overall_accuracy", "mean_accuracy")):
         assert float(cell) == pytest.approx(100 * metrics[key], abs=0.005)
 

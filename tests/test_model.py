@@ -295,6 +295,17 @@ def test_activation_checkpointing_gives_the_same_gradients_and_statistics():
         torch.testing.assert_close(a, b, msg=name)
 
 
+def test_reentrant_activation_checkpointing_is_refused():
+    """use_reentrant=True would leave every backbone grad None (the image needs no gradient)."""
+    model = tiny_model(head_dropout=0.0).train()
+    with pytest.raises(ValueError, match="use_reentrant=True"):
+        model.activation_checkpointing_enable({"use_reentrant": True})
+    assert not any(stage.gradient_checkpointing for stage in model.unet.encoder)
+    model.activation_checkpointing_enable()  # the default, non-reentrant mode trains the backbone
+    model(torch.randn(2, 3, 32, 32), labels=torch.randint(0, 6, (2, 32, 32))).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.unet.encoder.parameters())
+
+
 def test_deprecated_gradient_checkpointing_enable_still_works():
     model = tiny_model()
     with pytest.warns(FutureWarning):

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from pannuke_hf.commands.protocol import main, row_argv, row_scores, summarise_protocol
+from pannuke_hf.commands.protocol import main, protocol_table, row_argv, row_scores, summarise_protocol
 
 
 def test_summary_is_mean_and_population_std_over_the_three_test_folds():
@@ -45,13 +45,88 @@ def test_rows_are_the_official_train_validation_test_folds():
 
 
 def test_usage_errors(tmp_path, capsys):
+    from pannuke_hf.cli import main as cli_main
+
     with pytest.raises(SystemExit) as exit_info:
         main(["--data-dir", str(tmp_path), "--load_best_model_at_end", "true"])
     assert exit_info.value.code == 2
     with pytest.raises(SystemExit):
         main(["--data-dir", str(tmp_path), "--split_scheme", "fold1"])
     assert "set by the protocol" in capsys.readouterr().err
-    assert main(["--data-dir", str(tmp_path / "missing")]) == 2
+    for owned, hint in (("--synthetic_data", "make-synthetic"), ("--instance_metrics", "--nuclei")):
+        with pytest.raises(SystemExit):
+            main(["--data-dir", str(tmp_path), owned, "true"])
+        assert hint in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--data-dir", str(tmp_path), "--nuclei", "no", "--nuclei-from", "watershed"])
+    # nuclei from the hv head of a model trained without it: refused before any training
+    assert cli_main(["protocol", "--data-dir", str(tmp_path), "--nuclei-from", "hv", "--max_steps", "1"]) == 2
+    assert "--nuclei-from hv needs the hv instance head" in capsys.readouterr().err
+    # a missing data folder: the work failed (1), as for every command
+    assert cli_main(["protocol", "--data-dir", str(tmp_path / "missing")]) == 1
+    assert "--data-dir" in (err := capsys.readouterr().err) and "missing: no such folder" in err
+
+
+def test_rows_score_nuclei_by_default_and_read_the_data_dir(tmp_path):
+    from pannuke_hf.training.arguments import parse_arguments
+
+    argv = row_argv(["configs/demo.yaml"], str(tmp_path), 2, tmp_path / "row2")
+    data_args, _, training_args = parse_arguments(argv)
+    assert training_args.instance_metrics is True and training_args.instance_postprocess == "auto"
+    # the demo config generates data into --data_dir; the protocol reads --data-dir as it is
+    # (a make-synthetic folder made train.py fail with "is not empty and holds no generated data")
+    assert data_args.synthetic_data is False and data_args.data_dir == str(tmp_path)
+    _, _, training_args = parse_arguments(
+        row_argv([], "raw", 1, tmp_path, nuclei=False, nuclei_from="components")
+    )
+    assert training_args.instance_metrics is False
+
+
+def test_protocol_table_is_in_percent_with_units_and_names_the_post_processing():
+    rows = [
+        {"mean_iou": 0.7881, "mean_dice": 0.8, "mPQ": 0.41, "bPQ": 0.6, "F1_detection": 0.75},
+        {"mean_iou": 0.7, "mean_dice": 0.8, "mPQ": 0.43, "bPQ": 0.62, "F1_detection": 0.7},
+        {"mean_iou": 0.8, "mean_dice": 0.9, "mPQ": 0.45, "bPQ": 0.64, "F1_detection": 0.8},
+    ]
+    table = protocol_table(summarise_protocol(rows), ["watershed"] * 3)
+    header = next(line for line in table.splitlines() if line.startswith("| Row"))
+    cells = [cell.strip() for cell in header.strip("|").split("|")][1:]
+    assert cells == ["mIoU (%)", "mDice (%)", "mPQ (%)", "bPQ (%)", "F1_d (%)"]
+    row1 = next(line for line in table.splitlines() if line.startswith("| row 1"))
+    assert "| 78.81 |" in row1 and "0.7881" not in table
+    assert "Nuclei from watershed (the semantic map, nuclei split by a distance watershed)" in table
+    assert "**mean**" in table and "**std**" in table
+
+
+def save_fold_checkpoint(folder, scheme, instance_head=None):
+    from pannuke_hf.data.splits import training_data_record
+    from tests._models import tiny_unet_fcn
+
+    model = tiny_unet_fcn()
+    model.config.training_data = training_data_record(scheme)
+    if instance_head:
+        model.config.instance_head = instance_head
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+def test_checkpoints_in_the_wrong_order_are_refused_before_any_data(tmp_path, capsys):
+    from pannuke_hf.cli import main as cli_main
+
+    ckpts = [save_fold_checkpoint(tmp_path / f"c{k}", f"fold{k}") for k in (1, 2, 3)]
+    data = tmp_path / "no-folds-here"
+    data.mkdir()  # had the data been built, this empty folder would fail with exit 1
+    swapped = [ckpts[0], ckpts[2], ckpts[1]]  # row 2 tests on fold 3: checkpoint 3's training fold
+    argv = ["protocol", "--data-dir", str(data), "--output-dir", str(tmp_path / "out"), "--cpu"]
+    assert cli_main([*argv, "--checkpoints", *[ckpts[2], ckpts[1], ckpts[0]]]) == 2
+    err = capsys.readouterr().err
+    assert "row 1" in err and "fold3" in err and "training patches" in err
+    assert cli_main([*argv, "--checkpoints", *swapped]) == 2
+    assert "row 2's checkpoint" in (err := capsys.readouterr().err) and "fold3, not fold2" in err
+    # nuclei from the hv head of plain models: a usage error, at once
+    assert cli_main([*argv, "--nuclei-from", "hv", "--checkpoints", *ckpts]) == 2
+    assert "--nuclei-from hv needs a model with the hv instance head" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
@@ -74,9 +149,19 @@ def test_protocol_trains_three_rows_and_scores_checkpoints(raw_root, tmp_path, c
     values = [row["mean_iou"] for row in rows]
     assert document["summary"]["mean_iou"]["values"] == values
     assert document["summary"]["mean_iou"]["mean"] == pytest.approx(sum(values) / 3)
-    assert "| mean_iou |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| mIoU (%) |" in printed and "| mPQ (%) |" in printed  # nuclei by default, in percent
+    assert "Nuclei from watershed" in printed  # plain models: the semantic watershed
+    assert document["summary"]["mPQ"]["values"] == [row["mPQ"] for row in rows]
+    assert [row["nuclei_from"] for row in document["rows"]] == ["watershed"] * 3
     for row in (1, 2, 3):
-        assert (out / f"row{row}" / "config.json").is_file()
+        config = json.loads((out / f"row{row}" / "config.json").read_text())
+        # train.py records the training split: `evaluate` defaults to it and refuses its train split
+        assert config["training_data"] == {
+            "split_scheme": f"fold{row}",
+            "void_label": 0,
+            "synthetic_data": False,
+        }
         assert json.loads((out / f"row{row}" / "results.json").read_text())["split"] == "test"
 
     # The same three checkpoints scored by --checkpoints give the same numbers.

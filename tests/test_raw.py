@@ -203,7 +203,7 @@ def test_generated_folds_match_reference_loop(raw_root, raw_fold_sizes):
     images = np.load(files.images, mmap_mode="r")
     seen_overlap = seen_void = seen_big = False
     for void_label in (0, 255):
-        for index, patch in raw.iter_patches(files, 0, len(fold), void_label=void_label, block=2):
+        for index, patch in raw.iter_patches(files, 0, len(fold), void_label=void_label):
             if void_label == 255 and not (np.asarray(masks[index]).sum(-1) == 0).any():
                 continue  # void_label only matters on patches with void pixels
             semantic, instance, labels, raw_ids = reference_conversion(masks[index], void_label)
@@ -489,3 +489,10 @@ def test_truncated_masks_file_is_named_with_the_patch(tmp_path):
     next(it)
     with pytest.raises(PanNukeDataError, match=r"masks\.npy': patch 2: file ends early"):
         next(it)
+
+
+def test_iter_patches_has_no_dead_block_argument():
+    # `block` once sized the memory maps; it stopped having an effect and was removed
+    import inspect
+
+    assert list(inspect.signature(raw.iter_patches).parameters) == ["files", "start", "stop", "void_label"]

@@ -75,7 +75,7 @@ def test_score_command_end_to_end(raw_root, raw_zips, tmp_path, capsys, source):
     assert per_image[1]["bPQ"] == ""  # patch 1 has no nucleus: NaN, written as an empty cell
     with open(out / "per_class.csv") as handle:
         assert [r["class"] for r in csv.DictReader(handle)] == [
-            "neoplastic", "inflammatory", "connective", "dead", "epithelial"
+            "neoplastic", "inflammatory", "connective / soft tissue", "dead", "non-neoplastic epithelial"
         ]  # fmt: skip
 
 
@@ -121,17 +121,33 @@ def test_bad_data_exits_1_naming_file_and_patch(raw_root, tmp_path, capsys):
     assert cli_main([*args, "--pred", str(tmp_path / "junk.npy")]) == 1
 
 
-def test_usage_errors_exit_2(raw_root, tmp_path, capsys):
+def test_usage_errors_exit_2_and_missing_inputs_exit_1(raw_root, tmp_path, capsys):
     np.save(tmp_path / "pred.npy", np.zeros((1, 4, 4, 6)))
-    assert cli_main(["score", "--true", str(tmp_path / "nothing"), "--pred", str(tmp_path / "pred.npy")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    # a missing input file or folder: the work failed (1), as for every command (docs/cli.md)
+    assert cli_main(["score", "--true", str(tmp_path / "nothing"), "--pred", str(tmp_path / "pred.npy")]) == 1
+    assert "--true" in (err := capsys.readouterr().err) and "nothing: no such file or folder" in err
+    assert cli_main(["score", "--true", str(raw_root), "--pred", str(tmp_path / "missing.npy")]) == 1
+    assert "--pred" in (err := capsys.readouterr().err) and "missing.npy: no such file" in err
     # A folder with all three folds needs --fold.
     assert cli_main(["score", "--true", str(raw_root), "--pred", str(tmp_path / "pred.npy")]) == 2
     assert "pass --fold" in capsys.readouterr().err
-    assert cli_main(["score", "--true", str(raw_root), "--pred", str(tmp_path / "missing.npy")]) == 2
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["score", "--pred", "x.npy"])
     assert exit_info.value.code == 2
+
+
+def test_misspelt_tissue_is_refused_with_the_valid_names(raw_root, tmp_path, capsys):
+    masks, types = fold3(raw_root)
+    np.save(tmp_path / "pred.npy", make_prediction(masks))
+    tissues = list(types)
+    tissues[1] = "Brest"
+    np.save(tmp_path / "types.npy", np.array(tissues))
+    argv = ["score", "--true", str(raw_root), "--fold", "3", "--pred", str(tmp_path / "pred.npy")]
+    argv += ["--tissues", str(tmp_path / "types.npy"), "--out", str(tmp_path / "o"), "--no-progress"]
+    assert cli_main(argv) == 1
+    err = capsys.readouterr().err
+    assert "patch 1" in err and "unknown tissue 'Brest'" in err and "Breast" in err and "Adrenal_gland" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_help_does_not_import_torch():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,19 +23,45 @@ def card_header(readme: str) -> dict:
     return yaml.safe_load(readme.split("---\n")[1])
 
 
+HUB_MODEL = "someone/unet-fcn-pannuke"
+
+
 @pytest.fixture
 def no_demo_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(processing, "checkpoint_search_paths", lambda: [tmp_path / "nothing_here"])
 
 
-def test_space_folder_for_a_hub_model(tmp_path, capsys):
+def card_of_run(synthetic: bool) -> str:
+    """The card ``python train.py`` writes (generated data) or a PanNuke run writes."""
+    from pannuke_hf.training.model_card import render_model_card
+
+    return render_model_card(
+        "run", results={"summary": {"mIoU": 0.5, "mDice": 0.6}}, synthetic_data=synthetic
+    )
+
+
+@pytest.fixture
+def hub_model(hub_server, tmp_path):
+    """A tiny checkpoint with the card of a PanNuke run, pushed to the fake Hub as ``HUB_MODEL``."""
+    from huggingface_hub import HfApi
+    from test_demo_app import save_tiny_checkpoint
+
+    folder = save_tiny_checkpoint(tmp_path / "hub_ckpt")
+    (folder / "README.md").write_text(card_of_run(synthetic=False))
+    api = HfApi()
+    api.create_repo(HUB_MODEL, exist_ok=True)
+    api.upload_folder(folder_path=str(folder), repo_id=HUB_MODEL)
+    return HUB_MODEL
+
+
+def test_space_folder_for_a_hub_model(hub_model, tmp_path, capsys):
     out = tmp_path / "space"
-    assert main([str(out), "--model", "someone/unet-fcn-pannuke"]) == 0
+    assert main([str(out), "--model", hub_model]) == 0
     header = card_header((out / "README.md").read_text())
     assert header["sdk"] == "gradio" and header["app_file"] == "app.py"
     assert (out / header["app_file"]).is_file()
-    assert header["license"] == "cc-by-nc-sa-4.0"  # the PanNuke data licence
-    assert header["models"] == ["someone/unet-fcn-pannuke"]
+    assert header["license"] == "cc-by-nc-sa-4.0"  # the PanNuke data licence, from the model's card
+    assert header["models"] == [hub_model]
     assert header["title"] and header["emoji"]
     assert 0 < len(header["short_description"]) <= 60  # the Hub refuses longer ones
     from importlib.metadata import version
@@ -42,7 +69,9 @@ def test_space_folder_for_a_hub_model(tmp_path, capsys):
     assert header["sdk_version"] == version("gradio")
     readme = (out / "README.md").read_text()
     assert "CC BY-NC-SA 4.0" in readme and "gamper2020pannuke" in readme
-    assert "'someone/unet-fcn-pannuke'" in (out / "app.py").read_text()
+    assert "Model trained on [PanNuke](" in readme  # what its card says
+    assert f"[`{hub_model}`](https://huggingface.co/{hub_model})" in readme
+    assert f"{hub_model!r}" in (out / "app.py").read_text()
     assert not (out / "model").exists()
 
     # requirements: the package's own (setup.cfg) plus gradio, so the Space can import everything
@@ -110,9 +139,11 @@ def _files_containing(root: Path, needle: bytes) -> list[Path]:
 
 
 @pytest.mark.parametrize("private", [False, True])
-def test_push_to_hub_creates_a_gradio_space_without_writing_the_token(hub_server, tmp_path, capsys, private):
+def test_push_to_hub_creates_a_gradio_space_without_writing_the_token(
+    hub_server, hub_model, tmp_path, capsys, private
+):
     out = tmp_path / "space"
-    argv = [str(out), "--model", "someone/unet-fcn-pannuke", "--push-to-hub", SPACE_ID]
+    argv = [str(out), "--model", hub_model, "--push-to-hub", SPACE_ID]
     assert main(argv + (["--private"] if private else [])) == 0
     repo = hub_server.repos[("space", SPACE_ID)]
     assert repo.private is private
@@ -134,9 +165,109 @@ def test_push_to_hub_creates_a_gradio_space_without_writing_the_token(hub_server
     assert SPACE_ID in captured.out
 
 
-def test_push_failure_is_a_message(hub_server, tmp_path, capsys):
+def test_push_failure_is_a_message(hub_server, hub_model, tmp_path, capsys):
     out = tmp_path / "space"
-    assert main([str(out), "--model", "someone/m", "--push-to-hub", SPACE_ID, "--token", "hf_wrong"]) == 1
+    assert main([str(out), "--model", hub_model, "--push-to-hub", SPACE_ID, "--token", "hf_wrong"]) == 1
     err = capsys.readouterr().err
     assert f"pushing to the Space {SPACE_ID!r} failed" in err and "Traceback" not in err
     assert ("space", SPACE_ID) not in hub_server.repos
+
+
+# ------------------------------------------------------------------------------------------
+# The model is checked before anything is written (issue: a typo became a broken Space)
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("absolute", "no such folder"),
+        ("relative_typo", "no such folder"),
+        ("folder_without_config", "holds no model"),
+        ("config_without_weights", "holds no weights"),
+        ("hub_id_not_on_the_hub", "no model 'someone/no-such-model' on the Hub"),
+    ],
+)
+def test_space_refuses_a_model_that_does_not_exist_and_writes_nothing(
+    hub_model, tmp_path, monkeypatch, capsys, case, expected
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "config_only").mkdir()
+    (tmp_path / "config_only" / "config.json").write_text("{}")
+    model = {
+        "absolute": "/nonexistent",
+        "relative_typo": "runs/unet_fnc",
+        "folder_without_config": "empty",
+        "config_without_weights": "config_only",
+        "hub_id_not_on_the_hub": "someone/no-such-model",
+    }[case]
+    (tmp_path / "runs").mkdir()
+    out = tmp_path / "space"
+    assert main([str(out), "--model", model, "--push-to-hub", SPACE_ID]) == 1
+    err = capsys.readouterr().err
+    assert expected in err and f"--model {model}" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()  # no Space folder, nothing pushed
+
+
+def test_space_offline_takes_a_hub_model_from_the_cache_only(hub_model, tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    assert main([str(tmp_path / "online"), "--model", hub_model]) == 0  # fills the local cache
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert main([str(tmp_path / "cached"), "--model", hub_model]) == 0
+    assert main([str(tmp_path / "uncached"), "--model", "someone/never-fetched"]) == 1
+    assert "not in the local Hub cache" in capsys.readouterr().err
+    assert not (tmp_path / "uncached").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# What the Space says the model was trained on: its card, or nothing
+# ------------------------------------------------------------------------------------------
+
+
+def _local_checkpoint(folder: Path, card: str | None) -> Path:
+    from test_demo_app import save_tiny_checkpoint
+
+    save_tiny_checkpoint(folder)
+    if card is not None:
+        (folder / "README.md").write_text(card)
+    return folder
+
+
+def test_space_card_of_a_checkpoint_trained_on_generated_data_says_so(tmp_path):
+    ckpt = _local_checkpoint(tmp_path / "demo", card_of_run(synthetic=True))
+    assert main([str(tmp_path / "space"), "--model", str(ckpt)]) == 0
+    readme = (tmp_path / "space" / "README.md").read_text()
+    assert "trained on generated PanNuke-format data" in readme and "not a pathology model" in readme
+    assert "trained on PanNuke" not in readme and "Model trained on [PanNuke]" not in readme
+    assert "pannuke" not in card_header(readme)["tags"]
+
+
+def test_space_card_says_nothing_about_data_without_a_model_card(tmp_path):
+    ckpt = _local_checkpoint(tmp_path / "plain", None)
+    assert main([str(tmp_path / "space"), "--model", str(ckpt)]) == 0
+    readme = (tmp_path / "space" / "README.md").read_text()
+    assert "trained on" not in readme.lower()
+    assert "license" not in card_header(readme) and "## Licence" not in readme
+
+
+def test_space_reads_a_private_hub_model_with_the_token_option(hub_server, tmp_path, monkeypatch, capsys):
+    from huggingface_hub import HfApi
+    from test_demo_app import save_tiny_checkpoint
+
+    repo = "someone/private-unet"
+    folder = save_tiny_checkpoint(tmp_path / "private")
+    (folder / "README.md").write_text(card_of_run(synthetic=True))
+    HfApi().create_repo(repo, private=True)
+    HfApi().upload_folder(folder_path=str(folder), repo_id=repo)
+    monkeypatch.delenv("HF_TOKEN")  # no saved login either: HF_HOME is the fixture's
+    assert main([str(tmp_path / "no_token"), "--model", repo]) == 1
+    assert f"no model {repo!r} on the Hub" in capsys.readouterr().err
+    assert main([str(tmp_path / "space"), "--model", repo, "--token", hub_server.token]) == 0
+    readme = (tmp_path / "space" / "README.md").read_text()
+    assert "trained on generated PanNuke-format data" in readme  # its card was read with the token
+    assert "HF_TOKEN" not in os.environ and not _files_containing(
+        tmp_path / "space", hub_server.token.encode()
+    )

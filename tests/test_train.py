@@ -102,7 +102,13 @@ def test_training_run_end_to_end(raw_root, raw_fold_sizes, tmp_path):
     assert results["split"] == "validation" and results["num_images"] == n_val
     assert results["summary"]["mIoU"] == pytest.approx(metrics["eval_mean_iou"])
     assert [c["name"] for c in results["per_class"]][:2] == ["background", "neoplastic"]
-    assert "| mIoU | mDice |" in (out / "results.md").read_text()
+    assert "| mIoU (%) | mDice (%) |" in (out / "results.md").read_text()
+    # As the Hugging Face example scripts: eval_results.json, merged with train_results.json.
+    eval_results = json.loads((out / "eval_results.json").read_text())
+    assert eval_results["eval_mean_iou"] == pytest.approx(metrics["eval_mean_iou"])
+    assert eval_results["eval_num_images"] == n_val
+    all_results = json.loads((out / "all_results.json").read_text())
+    assert all_results["eval_mean_iou"] == eval_results["eval_mean_iou"] and "train_runtime" in all_results
 
     # The LR logged at step s is the one its update used: the reference formula at t = s - 1.
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]

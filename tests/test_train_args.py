@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from pannuke_hf.training.arguments import parse_arguments
@@ -106,3 +109,106 @@ def test_train_py_with_one_flag_runs_the_demo(tmp_path, monkeypatch, capsys):
     assert results["synthetic_data"] is True and results["image_size"] == 128
     assert (out / "model.safetensors").is_file()
     assert list((tmp_path / "demo-cache").glob("raw-3-0-*/Fold 3"))  # generated inside tmp_path
+
+
+# ------------------------------------------------------------------------------------------
+# Standard TrainingArguments that the reference optimizer / schedule would ignore (issue 18.11)
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--optim", "adamw_torch"], "--optim"),
+        (["--lr_scheduler_type", "cosine"], "--lr_scheduler_type"),
+        (["--warmup_steps", "3"], "--warmup_steps"),
+        (["--optimizer", "hf", "--lr_scheduler_type", "cosine"], "--lr_scheduler_type"),
+        (["--lr_schedule", "hf", "--optim", "adamw_torch"], "--optim"),
+    ],
+)
+def test_ignored_standard_arguments_are_usage_errors(tmp_path, capsys, flags, named):
+    argv = ["--output_dir", str(tmp_path / "out"), "--use_cpu", "true", *flags]
+    with pytest.raises(ValueError, match=named):
+        parse_arguments(default_argv(argv))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert named in err and "error" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_ignored_standard_arguments_in_a_config_file_are_refused(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("optim: adamw_torch\nsynthetic_data: true\n")
+    with pytest.raises(ValueError, match="--optim"):
+        parse_arguments([str(config), "--output_dir", str(tmp_path / "out")])
+    assert main([str(config), "--output_dir", str(tmp_path / "out")]) == 2
+    assert "--optim" in capsys.readouterr().err
+    # warmup_steps: 0 (as the reference configs write it) is no warm-up: accepted.
+    config.write_text("warmup_steps: 0\nsynthetic_data: true\n")
+    parse_arguments([str(config), "--output_dir", str(tmp_path / "out")])
+
+
+def test_standard_optimizer_and_schedule_are_honoured_with_hf(tmp_path):
+    from _models import tiny_unet_fcn
+
+    from pannuke_hf.training.trainer import PanNukeTrainer
+
+    _, _, args = parse_arguments(
+        ["--output_dir", str(tmp_path), "--use_cpu", "true", "--report_to", "none",
+         "--optimizer", "hf", "--optim", "adamw_torch", "--learning_rate", "0.1",
+         "--lr_schedule", "hf", "--lr_scheduler_type", "cosine", "--warmup_steps", "3"]
+    )  # fmt: skip
+    trainer = PanNukeTrainer(model=tiny_unet_fcn(), args=args)
+    trainer.create_optimizer_and_scheduler(num_training_steps=13)
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
+    lrs = []
+    for _ in range(13):
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    # linear warm-up over 3 steps, then cosine decay from 0.1 to 0 over the remaining 10
+    expected = [0.1 * t / 3 for t in range(3)] + [
+        0.1 * 0.5 * (1 + math.cos(math.pi * (t - 3) / 10)) for t in range(3, 13)
+    ]
+    assert lrs == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_reentrant_activation_checkpointing_is_a_usage_error(tmp_path, capsys):
+    argv = ["--output_dir", str(tmp_path / "out"), "--use_cpu", "true", "--gradient_checkpointing", "true",
+            "--gradient_checkpointing_kwargs", '{"use_reentrant": true}']  # fmt: skip
+    with pytest.raises(ValueError, match="use_reentrant"):
+        parse_arguments(default_argv(argv))
+    assert main(argv) == 2
+    assert "use_reentrant" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------
+# --help (issue 19.6)
+# ------------------------------------------------------------------------------------------
+
+
+def help_text(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+
+
+def option_default(text: str, option: str) -> str:
+    match = re.search(re.escape(option) + r" .*?\(default: ([^)]*)\)", text)
+    assert match, option
+    return match.group(1)
+
+
+def test_help_shows_the_real_defaults_and_names_the_demo(capsys):
+    text = help_text(capsys, ["--help"])
+    # The arguments' own defaults (the reference's), not the demo configuration's 128 / 8 / 3 / true / 0.2.
+    assert option_default(text, "--image-size IMAGE_SIZE") == "512"
+    assert option_default(text, "--base-channels BASE_CHANNELS") == "64"
+    assert option_default(text, "--num-stages NUM_STAGES") == "5"
+    assert option_default(text, "--classifier-init-std CLASSIFIER_INIT_STD") == "0.01"
+    assert option_default(text, "--synthetic-data [SYNTHETIC_DATA]") == "False"
+    assert "Without a configuration file the demo configuration (configs/demo.yaml" in text
+    # The parsed defaults behind it agree with what is shown.
+    data_args, model_args, _ = parse_arguments(["--output_dir", "x"])
+    assert (data_args.image_size, model_args.base_channels, data_args.synthetic_data) == (512, 64, False)

@@ -39,7 +39,7 @@ def test_demo_reaches_70_percent_miou(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["split"] == "validation" and results["synthetic_data"] is True
     assert results["summary"]["mIoU"] >= 0.70, results["summary"]
-    assert "| mIoU | mDice |" in done.stdout  # the table was printed
+    assert "| mIoU (%) | mDice (%) |" in done.stdout  # the table was printed
     for name in (
         "model.safetensors",
         "config.json",

@@ -59,13 +59,19 @@ def test_evaluate_command_matches_an_independent_loop(raw_root, tmp_path, capsys
                        "--split", "validation", "--out", str(out), "--batch-size", "3", "--cpu"])  # fmt: skip
     assert status == 0
     printed = capsys.readouterr().out
-    assert "| mIoU | mDice |" in printed and "non-neoplastic epithelial" in printed
+    assert "| mIoU (%) | mDice (%) |" in printed and "non-neoplastic epithelial" in printed
     results = json.loads((out / "results.json").read_text())
     expected_iou, count = independent_scores(tmp_path / "ckpt", raw_root, "validation")
     assert results["num_images"] == count and results["split"] == "validation"
     got = np.array([np.nan if c["iou"] is None else c["iou"] for c in results["per_class"]])
     assert np.allclose(got, expected_iou, equal_nan=True, atol=1e-9)
     assert (out / "results.md").read_text().startswith("# Results on `validation`")
+    # As the Hugging Face example scripts write them (issue 19.14).
+    eval_results = json.loads((out / "eval_results.json").read_text())
+    assert eval_results["eval_mean_iou"] == pytest.approx(results["summary"]["mIoU"])
+    assert (
+        json.loads((out / "all_results.json").read_text())["eval_mean_iou"] == eval_results["eval_mean_iou"]
+    )
 
 
 def test_evaluate_rejects_wrong_label_count(raw_root, tmp_path, capsys):

@@ -66,7 +66,11 @@ def test_train_with_the_hv_head_reports_nucleus_scores(raw_root, raw_fold_sizes,
         "epithelial",
     }
     markdown = (out / "results.md").read_text()
-    assert "| mIoU |" in markdown and "## Nuclei" in markdown and "| mPQ | bPQ | F1_d |" in markdown
+    assert (
+        "| mIoU (%) |" in markdown
+        and "## Nuclei" in markdown
+        and "| mPQ (%) | bPQ (%) | F1_d (%) |" in markdown
+    )
 
     header = yaml.safe_load((out / "README.md").read_text().split("---")[1])
     card = {m["name"]: m["value"] for r in header["model-index"][0]["results"] for m in r["metrics"]}

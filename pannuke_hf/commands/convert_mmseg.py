@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the conversion; prints a one-line summary, returns 0 (or 1 with a message on a bad checkpoint)."""
     args = build_parser().parse_args(argv)
+    from ._common import check_input_file, fail
+
+    check_input_file(args.checkpoint, "checkpoint", "file (an mmsegmentation .pth checkpoint)")
     from pannuke_hf.models.unet_fcn.convert_mmseg_unet_fcn_to_hf import (
         ConversionError,
         convert_mmseg_checkpoint,
@@ -55,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             args.checkpoint, args.output_dir, num_labels=args.num_labels, image_size=args.image_size
         )
     except ConversionError as error:
-        print(f"pannuke-hf convert-mmseg: {error}", file=sys.stderr)
-        return 1
+        return fail("pannuke-hf convert-mmseg", error)
     config = model.config
     parameters = sum(p.numel() for p in model.parameters())
     print(
@@ -67,5 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # through the dispatcher: its error handling and exit codes
+    from ..cli import main as cli_main
+
+    sys.exit(cli_main(["convert-mmseg", *sys.argv[1:]]))

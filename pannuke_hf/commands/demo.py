@@ -16,6 +16,8 @@ import argparse
 import importlib.util
 import sys
 
+from ._common import InputError, UsageError, check_device, check_model_source, fail
+
 DEFAULT_PORT = 7860
 
 
@@ -43,16 +45,23 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.port < 65536:
         print(f"error: --port must be in 1..65535, got {args.port}", file=sys.stderr)
         return 2
+    try:  # before any work: the device, and a folder that does not exist and is no Hub model
+        check_device(args.device)
+        if args.model is not None:
+            check_model_source(args.model)
+    except UsageError as err:
+        return fail("pannuke-hf demo", err, 2)
+    except InputError as err:
+        return fail("pannuke-hf demo", err)
     from ..demo.processing import DemoModelError, load_demo_model
 
     # the model first: a missing checkpoint is reported without loading Gradio
     try:
         model, processor, name = load_demo_model(args.model, args.device)
     except DemoModelError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return fail("pannuke-hf demo", err)
     if importlib.util.find_spec("gradio") is None:
-        print("error: the demo needs gradio: pip install 'pannuke-hf[demo]'", file=sys.stderr)
+        print('error: the demo needs gradio: pip install -e ".[demo]"', file=sys.stderr)
         return 1
     from ..demo.app import build_app, launch
 

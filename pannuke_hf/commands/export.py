@@ -12,10 +12,9 @@ The folder then loads with plain ``datasets.load_dataset("pannuke-parquet")``, t
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..data.export import DEFAULT_MAX_SHARD_SIZE
-from ._common import EXIT_FAILURE, InputError, check_data_dir, error, void_label
+from ._common import InputError, check_data_dir, fail, void_label
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_data_dir(args.data_dir)
     except InputError as err:
-        error(parser.prog, err)
-        return EXIT_FAILURE
+        return fail(parser.prog, err)
 
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -102,11 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 repo_id = create_dataset_repo(args.push_to_hub, private=args.private).repo_id
             except HfHubHTTPError as err:
-                print(
-                    f"pannuke-hf export: error: cannot create {args.push_to_hub!r} on the Hub: {err}",
-                    file=sys.stderr,
-                )
-                return 1
+                return fail(parser.prog, OSError(f"cannot create {args.push_to_hub!r} on the Hub: {err}"))
         result = export_dataset(
             folds,
             args.out,
@@ -115,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             void_label=args.void_label,
         )
     except (FileNotFoundError, FileExistsError, NotADirectoryError, PanNukeDataError, ValueError) as err:
-        error(parser.prog, err)
-        return EXIT_FAILURE
+        return fail(parser.prog, err)
 
     print(f"PanNuke exported to {result.out_dir}\n")
     print("| split | patches | shards |\n|---|--:|--:|")
@@ -126,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             commit = push_export(result.out_dir, repo_id, private=args.private)
         except HfHubHTTPError as err:
-            print(f"pannuke-hf export: error: upload to {repo_id!r} failed: {err}", file=sys.stderr)
-            return 1
+            return fail(parser.prog, OSError(f"upload to {repo_id!r} failed: {err}"))
         print(f"\nPushed to {commit.repo_url} (commit {commit.oid[:8]}); load it with")
         print(f'    datasets.load_dataset("{repo_id}")')
     else:

@@ -4,6 +4,7 @@ Examples::
 
     pannuke-hf predict --model runs/unet_fcn INPUT_DIR other.tif --out predictions/
     pannuke-hf predict --model runs/unet_fcn slide_crop.tif --instances --out predictions/
+    pannuke-hf predict --model runs/unet_fcn crop_20x.png --instances --mpp 0.5 --offset 40000 12000 --out p/
     pannuke-hf predict --model runs/unet_fcn --fold-dir "raw/Fold 3" --format pannuke --out fold3_pred.npy
 
 For every readable image ``NAME`` it writes ``NAME_labels.png`` (uint8 label values 0-5) and
@@ -16,7 +17,13 @@ are still processed, and the exit code is 1 at the end.
 ``NAME_instances.png`` (16-bit nucleus ids, 0 = none), ``NAME_nuclei.csv`` (one row per nucleus:
 id, class, centroid, area, bounding box, score) and ``NAME_nuclei.geojson`` (QuPath detections),
 plus one ``nuclei_counts.csv`` (nuclei per class per image). Large images are tiled and the
-stitched maps post-processed once, so a nucleus on a tile border is one nucleus.
+stitched maps post-processed once, so a nucleus on a tile border is one nucleus. ``--offset X Y``
+adds a region's position in its slide to the CSV and GeoJSON coordinates; ``--mpp`` gives the
+images' pixel size (the model's own, ``config.mpp``, by default) and the CSV's ``area_um2``.
+
+Images are decoded only when predicting them fits in the memory available
+(:func:`pannuke_hf.images.read_image`), also above Pillow's decompression-bomb limit; larger ones
+fail with one line pointing to ``pannuke-hf slide``.
 
 ``--format pannuke`` writes the nuclei of all inputs (image files, all of one size, in the order
 listed, or the patches of a raw fold's ``images.npy`` with ``--fold-dir``) into one
@@ -36,7 +43,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ._common import EXIT_FAILURE, InputError, check_model_source
+from ..models.loading import load_model  # light: imports torch / transformers only when called
+from ._common import EXIT_FAILURE, EXIT_USAGE, InputError, UsageError, check_device, check_model_source, fail
 
 #: File extensions collected from folders (lower case).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -46,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``pannuke-hf predict``."""
     p = argparse.ArgumentParser(
         prog="pannuke-hf predict",
-        description="Predict PanNuke label maps, overlays and class pixel counts for images of any size.",
+        description="Predict PanNuke label maps, overlays and class pixel counts (and nuclei) for images "
+        "of any size that fits in memory, at the model's training scale.",
     )
     p.add_argument(
         "inputs", nargs="*", metavar="INPUT", help="image files (PNG/JPEG/TIFF) or folders (recursive)"
@@ -80,7 +89,30 @@ def build_parser() -> argparse.ArgumentParser:
         "or the images.npy file) instead of image files; use with --format pannuke",
     )
     p.add_argument(
-        "--min-size", type=int, default=10, help="nuclei with fewer pixels are dropped (default 10, at 40x)"
+        "--min-size",
+        type=int,
+        default=None,
+        help="nuclei with fewer pixels are dropped (default 10 at the model's pixel size, 0.25 µm: "
+        "0.625 µm²; 3 at --mpp 0.5)",
+    )
+    p.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        metavar="UM",
+        help="the images' pixel size in µm (0.25 at 40x, 0.5 at 20x). The images are rescaled to the "
+        "model's training pixel size (its config's mpp, default 0.25), windows cover the same tissue, "
+        "--min-size follows, and the CSV's area_um2 uses it. Default: the model's pixel size",
+    )
+    p.add_argument(
+        "--offset",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("X", "Y"),
+        help="position in pixels of the image's top-left corner in its slide (one image, with "
+        "--instances): added to the nuclei's CSV and GeoJSON coordinates, so a region's nuclei "
+        "land in place on the slide in QuPath",
     )
     p.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass (default 8)")
     p.add_argument(
@@ -96,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale",
         type=float,
         default=None,
-        help="image -> model pixel factor (default: processor size / 256, i.e. the training magnification)",
+        help="image -> model pixel factor (default: processor size / 256, i.e. the training "
+        "magnification; --mpp sets it from pixel sizes)",
     )
     p.add_argument(
         "--alpha", type=float, default=0.5, help="weight of the label colours in the overlay (default 0.5)"
@@ -143,54 +176,16 @@ def collect_inputs(inputs: list[str]) -> tuple[list[tuple[Path, str]], list[tupl
     return named, missing
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Read an image file as ``(H, W, 3)`` uint8 RGB (first frame of multi-page TIFFs).
-
-    Raises:
-        ValueError: the file cannot be decoded or holds an unsupported image (message names it).
-    """
-    from ..visualization import to_rgb_uint8
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return to_rgb_uint8(im, name=str(path))
-    except Exception as err:  # PIL raises many types for broken files
-        raise ValueError(f"cannot read image {path}: {err}") from err
-
-
-def load_model(name: str, device: str | None) -> tuple[Any, Any]:
-    """Load a segmentation model and its image processor with the Auto classes.
-
-    Importing ``pannuke_hf`` registered the UNet-FCN classes, so local checkpoints load without
-    ``trust_remote_code``. When the checkpoint has no processor file, the package's default
-    processor is used (with a warning).
-    """
-    import torch
-    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
-
-    import pannuke_hf  # noqa: F401  (registers the Auto classes)
-
-    model = AutoModelForSemanticSegmentation.from_pretrained(name)
-    try:
-        processor = AutoImageProcessor.from_pretrained(name)
-    except (OSError, ValueError) as err:
-        from ..models.unet_fcn import UNetFCNImageProcessor
-
-        print(
-            f"warning: no image processor in {name} ({err}); using UNetFCNImageProcessor()", file=sys.stderr
-        )
-        processor = UNetFCNImageProcessor()
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device).eval()
-    return model, processor
-
-
 def _check_instance_options(args: argparse.Namespace) -> str | None:
     """The usage error of the instance / release options, or None."""
-    if args.min_size < 0:
+    if args.min_size is not None and args.min_size < 0:
         return "--min-size must be >= 0"
+    if args.mpp is not None and not args.mpp > 0:
+        return f"--mpp is a pixel size in µm and must be > 0, got {args.mpp}"
+    if args.mpp is not None and args.scale is not None:
+        return "--mpp sets the scale from the pixel sizes: give --mpp or --scale, not both"
+    if args.offset is not None and (args.format != "files" or not args.instances):
+        return "--offset moves the nuclei's CSV and GeoJSON coordinates: use it with --instances (and --format files)"
     if args.fold_dir is not None and args.format != "pannuke":
         return "--fold-dir writes a release-format array: add --format pannuke"
     if args.fold_dir is not None and args.inputs:
@@ -231,17 +226,28 @@ def open_fold_images(fold_dir: Path) -> np.ndarray:
 
 
 def write_nuclei_files(
-    target: Path, instances: np.ndarray, segments: list[dict], id2label: dict, num_labels: int
+    target: Path,
+    instances: np.ndarray,
+    segments: list[dict],
+    id2label: dict,
+    num_labels: int,
+    offset: tuple[int, int] = (0, 0),
+    microns_per_pixel: float | None = None,
 ) -> list[int]:
     """Write ``TARGET_instances.png``, ``TARGET_nuclei.csv`` and ``TARGET_nuclei.geojson``.
 
+    ``offset`` (x, y) is added to the CSV's and GeoJSON's coordinates (not to the PNG, which is
+    the image's own grid); ``microns_per_pixel`` (default PanNuke's) gives the CSV's ``area_um2``.
     Returns the number of nuclei of each label 0..num_labels-1.
     """
+    from ..constants import MICRONS_PER_PIXEL
     from ..exports import nuclei_geojson, nuclei_records, write_geojson, write_instance_png, write_nuclei_csv
 
+    mpp = MICRONS_PER_PIXEL if microns_per_pixel is None else microns_per_pixel
     write_instance_png(instances, f"{target}_instances.png")
-    write_nuclei_csv(nuclei_records(instances, segments, id2label), f"{target}_nuclei.csv")
-    write_geojson(nuclei_geojson(instances, segments, id2label), f"{target}_nuclei.geojson")
+    records = nuclei_records(instances, segments, id2label, offset=offset, microns_per_pixel=mpp)
+    write_nuclei_csv(records, f"{target}_nuclei.csv")
+    write_geojson(nuclei_geojson(instances, segments, id2label, offset=offset), f"{target}_nuclei.geojson")
     return np.bincount([s["label_id"] for s in segments], minlength=num_labels).tolist()[:num_labels]
 
 
@@ -257,6 +263,7 @@ def predict_release(
 
     from ..data.raw import convert_image
     from ..exports import write_release_array
+    from ..images import read_image
     from ..inference import predict_instances_keyed
 
     count = len(fold_images) if fold_images is not None else len(files)
@@ -295,6 +302,32 @@ def predict_release(
     return 0
 
 
+def resolve_pixel_size(args: argparse.Namespace, model: Any, processor: Any) -> float:
+    """Apply ``--mpp``: set ``args.scale``, ``args.tile_size`` and ``args.min_size``; return the images' µm / pixel.
+
+    The model was trained at ``config.mpp`` µm / pixel (default PanNuke's 0.25, 40x). Images at
+    ``--mpp`` are rescaled by ``mpp / model mpp`` on top of the processor's own factor, windows
+    shrink by the same factor in image pixels (so they cover the tissue of a training patch), and
+    the smallest nucleus kept stays the same area in µm² (10 pixels at 0.25 µm: 3 at 0.5 µm).
+    Without ``--mpp`` the images are taken to be at the model's pixel size.
+    """
+    import math
+
+    from ..constants import MICRONS_PER_PIXEL
+    from ..inference import default_scale, processor_tile_size
+
+    model_mpp = float(getattr(model.config, "mpp", MICRONS_PER_PIXEL) or MICRONS_PER_PIXEL)
+    mpp = model_mpp if args.mpp is None else float(args.mpp)
+    factor = mpp / model_mpp
+    if args.mpp is not None:
+        args.scale = default_scale(processor)[0] * factor
+        if args.tile_size is None:
+            args.tile_size = max(1, round(processor_tile_size(processor) / factor))
+    if args.min_size is None:
+        args.min_size = max(1, math.ceil(10 / factor**2 - 1e-9))
+    return mpp
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``pannuke-hf predict``; returns 0 when every input was processed, 1 otherwise."""
     args = build_parser().parse_args(argv)
@@ -315,15 +348,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {usage}", file=sys.stderr)
         return 2
 
-    try:
+    try:  # the device and the model before any work (pannuke_hf.commands._common)
+        check_device(args.device)
         check_model_source(args.model)
+    except UsageError as err:
+        return fail("pannuke-hf predict", err, EXIT_USAGE)
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_FAILURE
+        return fail("pannuke-hf predict", err)
 
     from tqdm.auto import tqdm
 
     from ..constants import CLASS_NAMES, NUM_LABELS
+    from ..images import read_image
     from ..inference import predict_instances_keyed, predict_keyed
     from ..visualization import overlay
 
@@ -331,9 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.fold_dir is not None:
         try:
             fold_images = open_fold_images(args.fold_dir)
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        except ValueError as err:  # a missing or unreadable input folder: the work failed
+            return fail("pannuke-hf predict", err)
         files, missing = [], []
     else:
         files, missing = collect_inputs(args.inputs)
@@ -344,6 +379,12 @@ def main(argv: list[str] | None = None) -> int:
     if not files and fold_images is None:
         print("error: no images to process", file=sys.stderr)
         return 1
+    if args.offset is not None and len(files) + len(missing) != 1:
+        print(
+            f"error: --offset places one region in its slide: give one image, got {len(files) + len(missing)}",
+            file=sys.stderr,
+        )
+        return 2
     if args.format == "pannuke" and failures:
         print("error: --format pannuke needs every input (the array is indexed by input)", file=sys.stderr)
         return 1
@@ -354,6 +395,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot load the model {args.model!r}: {err}", file=sys.stderr)
         return EXIT_FAILURE
     num_labels = int(getattr(model.config, "num_labels", NUM_LABELS))
+    microns_per_pixel = resolve_pixel_size(args, model, processor)
+    if args.overlap is not None and args.tile_size is not None and not args.overlap < args.tile_size:
+        print(
+            f"error: --overlap must be < the tile size ({args.tile_size} at --mpp {args.mpp})",
+            file=sys.stderr,
+        )
+        return 2
+    # stitched maps: class logits + coverage count (+ nucleus logits and hv maps with the hv head)
+    channels = num_labels + 1 + (4 if getattr(model.config, "instance_head", None) == "hv" else 0)
     id2label = getattr(model.config, "id2label", None) or {}
     class_names = [
         str(id2label.get(i, CLASS_NAMES[i] if i < NUM_LABELS else f"label_{i}")) for i in range(num_labels)
@@ -369,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         nonlocal failures
         for path, name in files:
             try:
-                rgb = read_image(path)
+                rgb = read_image(path, channels=channels)
             except ValueError as err:
                 progress.write(f"error: {err}", file=sys.stderr)
                 failures += 1
@@ -404,7 +454,13 @@ def main(argv: list[str] | None = None) -> int:
             rows.append([str(path), name, labels.shape[0], labels.shape[1], *counts.tolist()])
             if nuclei is not None:
                 per_class = write_nuclei_files(
-                    target, nuclei.instances, nuclei.segments_info, dict(enumerate(class_names)), num_labels
+                    target,
+                    nuclei.instances,
+                    nuclei.segments_info,
+                    dict(enumerate(class_names)),
+                    num_labels,
+                    offset=tuple(args.offset or (0, 0)),
+                    microns_per_pixel=microns_per_pixel,
                 )
                 nucleus_rows.append([str(path), name, len(nuclei.segments_info), *per_class[1:]])
             progress.update(1)

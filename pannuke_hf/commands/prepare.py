@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import EXIT_FAILURE, EXIT_OK, InputError, check_data_dir, error, void_label
+from ._common import EXIT_OK, InputError, check_data_dir, fail, void_label
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,8 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_data_dir(args.data_dir)
     except InputError as err:
-        error(parser.prog, err)
-        return EXIT_FAILURE
+        return fail(parser.prog, err)
     from ..data.builder import PanNuke
     from ..data.raw import PanNukeDataError
 
@@ -52,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         builder = PanNuke(data_dir=args.data_dir, cache_dir=args.cache_dir, **kwargs)
         builder.download_and_prepare(num_proc=args.num_proc)
     except PanNukeDataError as err:  # bad or missing raw data: the message names file and patch
-        error(parser.prog, err)
-        return EXIT_FAILURE
+        return fail(parser.prog, err)
     splits = builder.info.splits
     print(f"PanNuke built in {builder.cache_dir}\n")
     print("| split | patches |\n|---|--:|")

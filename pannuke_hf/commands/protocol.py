@@ -10,13 +10,17 @@ Examples::
 The rows (train, validation, test folds) are (1, 2, 3), (2, 1, 3) and (3, 2, 1)
 (``constants.FOLD_PROTOCOL``, ``--split_scheme fold1/fold2/fold3``). Each row is trained with
 :func:`pannuke_hf.training.run.run` and evaluated on its test fold; the command prints each row's
-scores and their mean and standard deviation over the three test folds (mIoU / mDice, and mPQ /
-bPQ / F1_d whenever the evaluation reports nucleus-level scores), and writes ``protocol.json`` and
-``protocol.md``. The standard deviation is numpy's default (population, ddof=0).
+scores and their mean and standard deviation over the three test folds (mIoU / mDice and, by
+default, the protocol's own nucleus scores mPQ / bPQ / F1_d, with the post-processing named in
+the table), and writes ``protocol.json`` and ``protocol.md``. Printed tables are in percent, the
+JSON in fractions. The standard deviation is numpy's default (population, ddof=0).
 
 Arguments not listed in ``--help`` are passed to train.py unchanged (after the optional
-configuration file); ``--data_dir``, ``--split_scheme``, ``--eval_split test`` and ``--output_dir``
-are set per row. Model selection on the test fold (``--load_best_model_at_end``) is refused.
+configuration file); ``--data_dir``, ``--split_scheme``, ``--eval_split test``, ``--output_dir``,
+``--synthetic_data false`` (the rows read ``--data-dir``) and the nucleus options
+(``--instance_metrics``, ``--instance_postprocess``, from ``--nuclei`` / ``--nuclei-from``) are set
+per row. Model selection on the test fold (``--load_best_model_at_end``) is refused, and so are
+``--checkpoints`` whose recorded training split is not their row's.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from ..errors import UsageError
 
 #: Scores summarised over the three test folds, in table order (those present in every row).
 PROTOCOL_KEYS: tuple[str, ...] = (
@@ -70,21 +75,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--cache-dir", default=None, help="with --checkpoints: datasets cache folder")
     parser.add_argument("--cpu", action="store_true", help="with --checkpoints: stay on the CPU")
+    parser.add_argument(
+        "--nuclei",
+        choices=["yes", "no"],
+        default="yes",
+        help="score nuclei (mPQ, bPQ, F1_d: the protocol's headline numbers; default yes)",
+    )
+    parser.add_argument(
+        "--nuclei-from",
+        choices=["auto", "hv", "watershed", "components"],
+        default="auto",
+        help="how nuclei are made: the hv head (auto when the model has it), else the semantic map split "
+        "by a watershed (auto otherwise), or plain connected components",
+    )
     return parser
 
 
-def row_argv(train_args: Sequence[str], data_dir: str, row: int, output_dir: Path) -> list[str]:
+def row_argv(
+    train_args: Sequence[str],
+    data_dir: str,
+    row: int,
+    output_dir: Path,
+    nuclei: bool = True,
+    nuclei_from: str = "auto",
+) -> list[str]:
     """train.py arguments of protocol row ``row`` (1-3): the user's, then the row's own flags."""
     return [
         *train_args,
         "--data_dir",
         str(data_dir),
+        "--synthetic_data",
+        "false",
         "--split_scheme",
         f"fold{row}",
         "--eval_split",
         "test",
         "--output_dir",
         str(output_dir),
+        "--instance_metrics",
+        "true" if nuclei else "false",
+        "--instance_postprocess",
+        nuclei_from,
     ]
 
 
@@ -128,45 +159,154 @@ def summarise_protocol(
     return summary
 
 
-def protocol_table(summary: Mapping[str, Any]) -> str:
-    """Markdown: one line per score, the three test folds, then mean and std (fractions, 4 decimals)."""
+#: Column heading of each summarised score in the printed table.
+SCORE_HEADINGS: dict[str, str] = {
+    "mean_iou": "mIoU",
+    "mean_dice": "mDice",
+    "mPQ": "mPQ",
+    "bPQ": "bPQ",
+    "mPQ_image": "mPQ (image avg)",
+    "bPQ_image": "bPQ (image avg)",
+    "F1_detection": "F1_d",
+}
+
+
+def protocol_table(summary: Mapping[str, Any], nuclei_from: Sequence[str | None] | None = None) -> str:
+    """Markdown: one line per protocol row, then mean and std; one column per score, in percent.
+
+    Args:
+        summary: :func:`summarise_protocol`'s output (fractions).
+        nuclei_from: the post-processing that made each row's nuclei (named above the table).
+    """
     from ..constants import FOLD_PROTOCOL
+    from ..metrics.trainer import describe_instance_mode
 
     def fmt(value: float) -> str:
-        return "n/a" if math.isnan(value) else f"{value:.4f}"
+        return "n/a" if value is None or math.isnan(value) else f"{100 * value:.2f}"
 
-    heads = [f"row {k + 1} ({'/'.join(map(str, row))})" for k, row in enumerate(FOLD_PROTOCOL)]
-    lines = ["| Score | " + " | ".join(heads) + " | mean | std |", "|:---|" + "---:|" * 5]
-    for key, item in summary.items():
-        cells = [fmt(v) for v in item["values"]] + [fmt(item["mean"]), fmt(item["std"])]
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    note = "Rows: (train / validation / test) folds; mean and std over the three test folds."
-    return note + "\n\n" + "\n".join(lines) + "\n"
+    keys = list(summary)
+    heads = [f"{SCORE_HEADINGS.get(key, key)} (%)" for key in keys]
+    lines = ["| Row (train / validation / test folds) | " + " | ".join(heads) + " |"]
+    lines.append("|:---|" + "---:|" * len(keys))
+    for k, folds in enumerate(FOLD_PROTOCOL):
+        cells = [fmt(summary[key]["values"][k]) for key in keys]
+        lines.append(f"| row {k + 1} ({' / '.join(map(str, folds))}) | " + " | ".join(cells) + " |")
+    for name in ("mean", "std"):
+        lines.append(f"| **{name}** | " + " | ".join(fmt(summary[key][name]) for key in keys) + " |")
+    notes = ["Scores in percent on each row's test fold; mean and std (population) over the three rows."]
+    modes = sorted({mode for mode in (nuclei_from or []) if mode})
+    if any(key in summary for key in ("mPQ", "bPQ", "F1_detection")):
+        made = (
+            ", ".join(describe_instance_mode(mode) for mode in modes) if modes else "unknown post-processing"
+        )
+        notes.append(f"Nuclei from {made}; mPQ / bPQ per image, then averaged over tissues; F1_d pooled.")
+    return " ".join(notes) + "\n\n" + "\n".join(lines) + "\n"
 
 
-def train_rows(data_dir: str, output_dir: Path, train_args: Sequence[str]) -> list[dict[str, float]]:
-    """Train and test the three rows with train.py; returns each row's test scores."""
+def _nuclei_from(metrics: Mapping[str, Any]) -> str | None:
+    """The post-processing that made an evaluation's nuclei (recorded in its results document)."""
+    nuclei = (metrics.get("results") or {}).get("nuclei") or {}
+    return nuclei.get("nuclei_from")
+
+
+def train_rows(
+    data_dir: str, output_dir: Path, train_args: Sequence[str], nuclei: bool = True, nuclei_from: str = "auto"
+) -> tuple[list[dict[str, float]], list[str | None]]:
+    """Train and test the three rows with train.py; returns each row's test scores and nuclei source."""
     from ..training.run import run
 
-    rows = []
+    rows, modes = [], []
     for row in (1, 2, 3):
         print(f"\n=== protocol row {row}: --split_scheme fold{row} ===", flush=True)
-        metrics = run(row_argv(train_args, data_dir, row, output_dir / f"row{row}"))
+        metrics = run(row_argv(train_args, data_dir, row, output_dir / f"row{row}", nuclei, nuclei_from))
         if not metrics:
             raise ValueError("train.py returned no evaluation: do not pass --do_eval false to the protocol")
         rows.append(row_scores(metrics))
-    return rows
+        modes.append(_nuclei_from(metrics))
+    return rows, modes
+
+
+def check_train_args(args: Any, train_args: Sequence[str], output_dir: Path) -> None:
+    """Parse the rows' train.py arguments before any work (their errors are usage errors, exit 2).
+
+    Raises:
+        UsageError: arguments train.py refuses, or ``--nuclei-from hv`` for a model without the hv
+            head (neither ``--instance_head hv`` nor a ``--model_name_or_path`` that has it).
+    """
+    from ..training.arguments import parse_arguments
+    from ._common import read_model_config
+
+    argv = row_argv(train_args, args.data_dir, 1, output_dir / "row1", args.nuclei == "yes", args.nuclei_from)
+    try:
+        _, model_args, _ = parse_arguments(argv)
+    except (ValueError, FileNotFoundError) as err:
+        raise UsageError(f"train.py arguments: {err}") from err
+    if args.nuclei == "yes" and args.nuclei_from == "hv":
+        head = model_args.instance_head
+        if head is None and model_args.model_name_or_path:
+            head = (read_model_config(model_args.model_name_or_path) or {}).get("instance_head")
+        if head != "hv":
+            raise UsageError(
+                "--nuclei-from hv needs the hv instance head: add --instance_head hv, or use --nuclei-from "
+                "watershed or components"
+            )
+
+
+def check_checkpoints(checkpoints: Sequence[str], nuclei: bool, nuclei_from: str) -> list[dict | None]:
+    """Check the three checkpoints before any data is built; returns each one's training record.
+
+    Raises:
+        InputError: a checkpoint that does not exist or holds no model (exit 1).
+        UsageError: checkpoint k trained on another split than row k's (its test fold would hold
+            its training patches, e.g. checkpoints given in the wrong order), or ``--nuclei-from hv``
+            for a checkpoint without the hv head (exit 2).
+    """
+    from ..data.splits import read_training_record, split_overlaps_training
+    from ._common import check_model_source, read_model_config
+    from .evaluate import nuclei_options
+
+    records = []
+    for row, checkpoint in enumerate(checkpoints, start=1):
+        check_model_source(checkpoint, f"--checkpoints (row {row})")
+        config = read_model_config(checkpoint) or {}
+        record = config.get("training_data") if isinstance(config.get("training_data"), dict) else None
+        record = record or read_training_record(checkpoint)
+        if record and record["split_scheme"] != f"fold{row}":
+            leak = split_overlaps_training(record["split_scheme"], f"fold{row}", "test")
+            raise UsageError(
+                f"--checkpoints: row {row}'s checkpoint {checkpoint} was trained with split scheme "
+                f"{record['split_scheme']}, not fold{row}"
+                + (f": row {row}'s test fold holds its training patches" if leak else "")
+                + ". Give the checkpoints in row order (trained with --split_scheme fold1, fold2, fold3)"
+            )
+        if record is None:
+            print(
+                f"note: {checkpoint} records no training split; make sure it was trained on row {row} "
+                f"(--split_scheme fold{row})",
+                file=sys.stderr,
+            )
+        nuclei_options(
+            "yes" if nuclei else "no", nuclei_from if nuclei else "auto", config.get("instance_head")
+        )
+        records.append(record)
+    return records
 
 
 def score_checkpoints(
     data_dir: str, output_dir: Path, checkpoints: Sequence[str], args: Any
-) -> list[dict[str, float]]:
-    """Score checkpoint k on row k's test fold; returns each row's scores."""
+) -> tuple[list[dict[str, float]], list[str | None]]:
+    """Score checkpoint k on row k's test fold; returns each row's scores and nuclei source."""
     from ..training.evaluation import evaluate_checkpoint
+    from ._common import read_model_config
+    from .evaluate import nuclei_options
 
-    rows = []
-    for row, checkpoint in enumerate(checkpoints, start=1):
+    nuclei = args.nuclei == "yes"
+    records = check_checkpoints(checkpoints, nuclei, args.nuclei_from)
+    rows, modes = [], []
+    for row, (checkpoint, record) in enumerate(zip(checkpoints, records), start=1):
         print(f"\n=== protocol row {row}: {checkpoint} on its test fold ===", flush=True)
+        head = (read_model_config(checkpoint) or {}).get("instance_head")
+        score_nuclei, mode = nuclei_options(args.nuclei, args.nuclei_from if nuclei else "auto", head)
         metrics = evaluate_checkpoint(
             checkpoint,
             data_dir,
@@ -178,9 +318,13 @@ def score_checkpoints(
             max_samples=args.max_samples,
             cache_dir=args.cache_dir,
             use_cpu=args.cpu,
+            instance_metrics=score_nuclei,
+            instance_mode=mode,
+            void_label=int((record or {}).get("void_label", 0)),
         )
         rows.append(row_scores(metrics))
-    return rows
+        modes.append(_nuclei_from(metrics))
+    return rows, modes
 
 
 def _json_safe(value: Any) -> Any:
@@ -195,37 +339,51 @@ def _json_safe(value: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``pannuke-hf protocol``; returns 0, or 2 with a message on bad input."""
+    """Run ``pannuke-hf protocol``; returns 0. Errors are raised (usage -> 2, failed work -> 1) and
+    reported by :func:`pannuke_hf.cli.main`."""
     parser = build_parser()
     args, train_args = parser.parse_known_args(argv)
     if args.checkpoints and train_args:
         parser.error(f"with --checkpoints nothing is trained: unexpected arguments {train_args}")
     if any(a.startswith("--load_best_model_at_end") for a in train_args):
         parser.error("--load_best_model_at_end would select the model on the test fold: not allowed here")
-    owned = ("--data_dir", "--split_scheme", "--eval_split", "--output_dir")
+    owned = {
+        "--data_dir": "use --data-dir",
+        "--split_scheme": "set per row",
+        "--eval_split": "set per row",
+        "--output_dir": "use --output-dir",
+        "--synthetic_data": "the rows read --data-dir; write generated data with `pannuke-hf make-synthetic`",
+        "--instance_metrics": "use --nuclei",
+        "--instance_postprocess": "use --nuclei-from",
+    }
     clash = [a for a in train_args if a.split("=")[0] in owned]
     if clash:
-        parser.error(f"{clash} are set by the protocol per row (use --data-dir / --output-dir)")
-    if not Path(args.data_dir).is_dir():
-        print(f"pannuke-hf protocol: error: --data-dir {args.data_dir!r} is not a folder", file=sys.stderr)
-        return 2
+        hints = "; ".join(f"{a.split('=')[0]}: {owned[a.split('=')[0]]}" for a in clash)
+        parser.error(f"{clash} are set by the protocol per row ({hints})")
+    if args.nuclei == "no" and args.nuclei_from != "auto":
+        parser.error(f"--nuclei-from {args.nuclei_from} scores nuclei: it does not go with --nuclei no")
+    from ._common import check_data_dir
+
+    check_data_dir(args.data_dir)
     output_dir = Path(args.output_dir)
-    try:
-        if args.checkpoints:
-            rows = score_checkpoints(args.data_dir, output_dir, args.checkpoints, args)
-        else:
-            rows = train_rows(args.data_dir, output_dir, train_args)
-    except (ValueError, FileNotFoundError, KeyError) as error:
-        if os.environ.get("PANNUKE_HF_TRACEBACK"):
-            raise
-        print(f"pannuke-hf protocol: error: {error}", file=sys.stderr)
-        return 2
+    if not args.checkpoints:
+        check_train_args(args, train_args, output_dir)
+    if args.checkpoints:
+        rows, modes = score_checkpoints(args.data_dir, output_dir, args.checkpoints, args)
+    else:
+        rows, modes = train_rows(
+            args.data_dir, output_dir, train_args, args.nuclei == "yes", args.nuclei_from
+        )
     summary = summarise_protocol(rows)
-    table = protocol_table(summary)
+    table = protocol_table(summary, modes)
     print("\n## 3-fold protocol\n\n" + table)
     output_dir.mkdir(parents=True, exist_ok=True)
     document = {
-        "rows": [{"row": k + 1, "scores": row} for k, row in enumerate(rows)],
+        "units": "fractions in [0, 1] (the printed table and protocol.md: percent)",
+        "rows": [
+            {"row": k + 1, "scores": row, "nuclei_from": mode}
+            for k, (row, mode) in enumerate(zip(rows, modes))
+        ],
         "summary": summary,
         "checkpoints": list(args.checkpoints) if args.checkpoints else None,
         "train_args": None if args.checkpoints else list(train_args),
@@ -238,5 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # through the dispatcher: its error handling and exit codes
+    from ..cli import main as cli_main
+
+    sys.exit(cli_main(["protocol", *sys.argv[1:]]))

@@ -13,8 +13,10 @@ format). Both arrays are read memory-mapped, a few patches at a time, so memory 
 whatever the fold size. Prints the overall, per-class and per-tissue tables and writes
 ``scores.json``, ``scores.md`` and CSV files into ``--out``.
 
-Exit status: 0 on success, 2 on a usage error (bad arguments, missing paths), 1 on bad data
-(unreadable arrays, shape mismatches, NaN / negative / fractional ids: the file and patch named).
+Exit status (docs/cli.md): 0 on success, 1 when the work failed (a missing ``--true`` / ``--pred`` /
+``--tissues`` file or folder, unreadable arrays, shape mismatches, NaN / negative / fractional ids,
+tissue names PanNuke does not have: the file and patch named), 2 on a usage error (bad arguments,
+a folder with several folds and no ``--fold``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 import numpy as np
 
 #: Patches read per memory map: pages of a map stay resident until it is closed, so the arrays
-#: are re-mapped every block to keep memory flat (as ``pannuke_hf.data.raw.iter_patches`` does).
+#: are re-mapped every block to keep memory flat.
 BLOCK: int = 16
 
 
@@ -42,7 +44,7 @@ class ScoreUsageError(Exception):
 
 
 class ScoreDataError(Exception):
-    """Bad data (exit status 1)."""
+    """Bad or missing data (exit status 1)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,7 +161,7 @@ def locate_truth(true: str | os.PathLike, fold: int | None, cache_dir: Path) -> 
 
     path = Path(true).expanduser()
     if not path.exists():
-        raise ScoreUsageError(f"--true {str(path)!r} does not exist")
+        raise ScoreDataError(f"--true {true}: no such file or folder")
     if path.is_file():
         if path.suffix == ".zip":
             return _extract_zip(path, fold, cache_dir)
@@ -184,7 +186,7 @@ def locate_truth(true: str | os.PathLike, fold: int | None, cache_dir: Path) -> 
             found[k] = hit
     if not found:
         which = f"fold {fold}" if fold else "no fold"
-        raise ScoreUsageError(
+        raise ScoreDataError(
             f"--true {str(path)!r}: {which} found (expected 'Fold k' folders or fold_k.zip files)"
         )
     if len(found) > 1:
@@ -232,7 +234,15 @@ def read_tissues(path: Path, count: int) -> list[str]:
         )
     if len(arr) != count:
         raise ScoreDataError(f"{str(path)!r}: {len(arr)} tissues for {count} patches")
-    return [normalise_tissue(t.decode() if isinstance(t, bytes) else str(t)) for t in arr.tolist()]
+    from ..constants import TISSUES
+
+    names = [normalise_tissue(t.decode() if isinstance(t, bytes) else str(t)) for t in arr.tolist()]
+    for index, name in enumerate(names):
+        if name not in TISSUES:  # a misspelt tissue would be averaged as a tissue of its own
+            raise ScoreDataError(
+                f"{str(path)!r}, patch {index}: unknown tissue {name!r}; PanNuke's tissues are {', '.join(TISSUES)}"
+            )
+    return names
 
 
 def check_arrays(masks_path: Path, pred_path: Path) -> int:
@@ -337,14 +347,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..metrics.pq import instance_results_tables, save_instance_results
     from ..nuclei import NucleiInputError
+    from ._common import InputError, check_input_file, fail
 
+    prog = "pannuke-hf score"
     tmp = None
     try:
+        check_input_file(args.pred, "--pred", "file (an .npy array of instance ids)")
+        check_input_file(args.tissues, "--tissues", "file (a types.npy array of tissue names)")
         pred_path = Path(args.pred).expanduser()
-        if not pred_path.is_file():
-            raise ScoreUsageError(f"--pred {str(pred_path)!r} does not exist")
-        if args.tissues and not Path(args.tissues).is_file():
-            raise ScoreUsageError(f"--tissues {args.tissues!r} does not exist")
         cache = (
             Path(args.cache_dir) if args.cache_dir else Path(tmp := tempfile.mkdtemp(prefix="pannuke-score-"))
         )
@@ -357,11 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         results = metric.compute()
     except ScoreUsageError as error:
-        print(f"pannuke-hf score: error: {error}", file=sys.stderr)
-        return 2
-    except (ScoreDataError, NucleiInputError) as error:
-        print(f"pannuke-hf score: bad data: {error}", file=sys.stderr)
-        return 1
+        return fail(prog, error, 2)
+    except (ScoreDataError, NucleiInputError, InputError) as error:
+        return fail(prog, error, 1)
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -382,5 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # through the dispatcher: its error handling and exit codes
+    from ..cli import main as cli_main
+
+    sys.exit(cli_main(["score", *sys.argv[1:]]))

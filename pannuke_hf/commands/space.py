@@ -10,14 +10,20 @@ Example::
 * ``app.py`` - builds the page with :func:`pannuke_hf.demo.build_app` and launches it;
 * ``requirements.txt`` - the package's requirements plus its ``demo`` extra (from ``setup.cfg`` in a
   source checkout, else from the installed package's metadata);
-* ``README.md`` - the Space card: YAML header (``sdk: gradio``, ``app_file: app.py``, the data
-  licence ``cc-by-nc-sa-4.0``, title, emoji, ...) and a description;
+* ``README.md`` - the Space card: YAML header (``sdk: gradio``, ``app_file: app.py``, the model's
+  licence from its card, title, emoji, ...) and a description that says what the checkpoint was
+  trained on, as its model card says (nothing about the data when the card does not say);
 * ``pannuke_hf/`` - a copy of this package's source, so the Space runs exactly this code;
 * ``model/`` - the checkpoint, when ``--model`` is a local folder or omitted (the built-in demo
   checkpoint of ``python train.py``); a Hub id is loaded by the Space at start instead.
 
+The model is checked before anything is written: a local folder must hold a checkpoint
+(``config.json`` and weights), a Hub id must resolve on the Hub (or in the local cache when
+offline); otherwise the command exits with status 1 and writes nothing, so a typo never becomes
+a broken Space.
+
 ``--push-to-hub REPO`` creates the Space (``space_sdk="gradio"``) and uploads the folder with
-``huggingface_hub``. The token comes from ``HF_TOKEN`` / ``huggingface-cli login`` (or ``--token``)
+``huggingface_hub``. The token comes from ``HF_TOKEN`` / ``hf auth login`` (or ``--token``)
 and is only sent to the Hub, never written into the folder.
 """
 
@@ -25,10 +31,16 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import contextlib
 import importlib.util
+import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from ._common import InputError, check_model_source, fail
 
 #: Checkpoint files copied into ``model/`` (no optimizer state, no intermediate checkpoints).
 CHECKPOINT_FILES: tuple[str, ...] = (
@@ -119,14 +131,30 @@ def space_requirements() -> list[str]:
     return list(dict.fromkeys(reqs))
 
 
-def space_readme(title: str, model: str, hub_model: bool) -> str:
-    """The Space card: YAML metadata header and a short description."""
+def space_readme(
+    title: str, model: str, hub_model: bool, training_data: Any = None, model_license: str | None = None
+) -> str:
+    """The Space card: YAML metadata header and a short description.
+
+    Args:
+        title: the card's title.
+        model: the Hub id, or the bundled folder's name.
+        hub_model: ``model`` is a Hub id (the card links it and lists it under ``models``).
+        training_data: what the checkpoint was trained on
+            (:func:`pannuke_hf.demo.processing.training_data_for`); None: nothing is said about data.
+        model_license: the checkpoint's licence from its model card (None: none in the header,
+            unless the model is trained on PanNuke: then the data licence).
+    """
     from importlib.metadata import version
 
     import yaml
 
     from ..constants import CITATION, LICENSE, LICENSE_NAME, LICENSE_URL
     from ..demo.processing import MAX_PIXELS, MAX_SIDE
+
+    pannuke = training_data is not None and training_data.pannuke
+    if pannuke and model_license is None:
+        model_license = LICENSE  # a model trained on PanNuke inherits the data licence
 
     header = {
         "title": title,
@@ -138,13 +166,28 @@ def space_readme(title: str, model: str, hub_model: bool) -> str:
         "python_version": f"{sys.version_info.major}.{sys.version_info.minor}",
         "app_file": "app.py",
         "pinned": False,
-        "license": LICENSE,
-        "short_description": "Nuclei segmentation and classification in H&E (PanNuke)",
-        "tags": ["pathology", "histology", "nuclei", "segmentation", "pannuke"],
+        "license": model_license,
+        "short_description": "Nuclei in H&E: outlines and PanNuke's five classes",
+        "tags": ["pathology", "histology", "nuclei", "segmentation"],
     }
+    if model_license is None:
+        del header["license"]
+    if pannuke:
+        header["tags"].append("pannuke")
     if hub_model:
         header["models"] = [model]
     side = int(MAX_PIXELS**0.5)
+    trained_line = f"\n- {training_data.markdown()}" if training_data is not None else ""
+    if pannuke:
+        licence_section = (
+            f"\n## Licence\n\nThe model is trained on PanNuke, whose data are licensed "
+            f"[{LICENSE_NAME}]({LICENSE_URL}) (attribution, non-commercial, share-alike); this Space "
+            "inherits that licence.\n"
+        )
+    elif model_license is not None:
+        licence_section = f"\n## Licence\n\nThe model's card gives its licence as `{model_license}`.\n"
+    else:
+        licence_section = ""
     model_line = (
         f"[`{model}`](https://huggingface.co/{model})" if hub_model else f"the checkpoint in `{MODEL_DIR}/`"
     )
@@ -156,18 +199,15 @@ five PanNuke nucleus classes (neoplastic, inflammatory, connective / soft tissue
 non-neoplastic epithelial), with nucleus outlines, a table of nucleus counts and areas per class,
 and downloads of the label map, the per-nucleus CSV and a GeoJSON for QuPath.
 
-- Model: {model_line}, a UNet-FCN trained on PanNuke (40x, 0.25 µm per pixel); choose 20x for
-  images scanned at 0.5 µm per pixel.
+- Model: {model_line}, a UNet-FCN that works at 40x (0.25 µm per pixel); choose
+  20x for images scanned at 0.5 µm per pixel.{trained_line}
 - Images up to {side:,} x {side:,} pixels (sides up to {MAX_SIDE:,}) are accepted; larger ones
   are refused with a message (use `pannuke-hf predict` for whole slides).
 - A research demo, not a diagnostic tool.
-
-## Licence
-
-The model is trained on PanNuke, whose data are licensed [{LICENSE_NAME}]({LICENSE_URL})
-(attribution, non-commercial, share-alike); this Space inherits that licence.
-
+{licence_section}
 ## Citation
+
+The five nucleus classes are those of PanNuke:
 
 ```bibtex
 {CITATION.strip()}
@@ -197,16 +237,65 @@ def _copy_checkpoint(source: Path, target: Path) -> list[Path]:
     return copied
 
 
-def write_space(out: Path, model: str | None, title: str = "PanNuke nuclei (UNet-FCN)") -> Path:
-    """Write the Space folder (see the module docstring); returns ``out``.
+@contextlib.contextmanager
+def _hub_token(token: str | None) -> Iterator[None]:
+    """Use ``token`` for the Hub reads inside (huggingface_hub reads ``HF_TOKEN`` at every call),
+    so that ``--token`` also opens a private model; the environment is restored afterwards."""
+    if token is None:
+        yield
+        return
+    saved = os.environ.get("HF_TOKEN")
+    os.environ["HF_TOKEN"] = token
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["HF_TOKEN"]
+        else:
+            os.environ["HF_TOKEN"] = saved
+
+
+def check_space_model(model: str) -> Path | None:
+    """Check ``--model`` before anything is written; returns the checkpoint folder (None: a Hub id).
 
     Raises:
-        FileNotFoundError: no ``model`` and no demo checkpoint (the message says how to get one),
-            or a local folder without a checkpoint.
+        InputError: a folder that does not exist, holds no ``config.json`` or no weights, or a name
+            that is no folder and no Hub model that resolves (see
+            :func:`pannuke_hf.commands._common.check_model_source`).
     """
-    from ..demo.processing import DEMO_CHECKPOINT_DIR, find_demo_checkpoint
+    from ..demo.processing import is_checkpoint
 
-    local: Path | None = None
+    check_model_source(model)
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return None  # a Hub id that resolves
+    if not is_checkpoint(folder):
+        raise InputError(
+            f"--model {model}: the folder holds no weights (model.safetensors or pytorch_model.bin); "
+            "give a folder written by `save_pretrained`"
+        )
+    return folder
+
+
+def write_space(
+    out: Path, model: str | None, title: str = "PanNuke nuclei (UNet-FCN)", token: str | None = None
+) -> Path:
+    """Write the Space folder (see the module docstring); returns ``out``.
+
+    The model is checked first (:func:`check_space_model`): nothing is written for a model that
+    does not exist. ``token`` (default: ``HF_TOKEN`` or the saved login) reads a Hub model and
+    its card; it is never written.
+
+    Raises:
+        FileNotFoundError: no ``model`` and no demo checkpoint (the message says how to get one).
+        InputError: ``model`` is no checkpoint folder and no Hub model that resolves.
+    """
+    from huggingface_hub import ModelCard
+
+    from ..demo.processing import DEMO_CHECKPOINT_DIR, find_demo_checkpoint, model_card_text
+    from ..training.model_card import training_data_from_card
+
+    local: Path | None
     if model is None:
         local = find_demo_checkpoint()
         if local is None:
@@ -214,19 +303,25 @@ def write_space(out: Path, model: str | None, title: str = "PanNuke nuclei (UNet
                 f"no --model given and no demo checkpoint in ./{DEMO_CHECKPOINT_DIR}: train one with "
                 "`python train.py`, or pass --model HUB_ID (or a checkpoint folder)"
             )
-    elif Path(model).is_dir():
-        local = Path(model)
+    else:
+        with _hub_token(token):
+            local = check_space_model(model)
+    with _hub_token(token):
+        card = model_card_text(local if local is not None else str(model))
+    training_data = training_data_from_card(card) if card else None
+    model_license = ModelCard(card, ignore_metadata_errors=True).data.license if card else None
     out.mkdir(parents=True, exist_ok=True)
     if local is not None:
-        copied = _copy_checkpoint(local, out / MODEL_DIR)
-        if not any(p.name == "config.json" for p in copied):
-            raise FileNotFoundError(f"{local}: not a checkpoint folder (no config.json)")
+        _copy_checkpoint(local, out / MODEL_DIR)
         app_model = MODEL_DIR
     else:
         app_model = str(model)
     (out / "app.py").write_text(APP_TEMPLATE.format(model=app_model), encoding="utf-8")
     (out / "requirements.txt").write_text("\n".join(space_requirements()) + "\n", encoding="utf-8")
-    (out / "README.md").write_text(space_readme(title, app_model, local is None), encoding="utf-8")
+    readme = space_readme(
+        title, app_model, local is None, training_data=training_data, model_license=model_license
+    )
+    (out / "README.md").write_text(readme, encoding="utf-8")
     _copy_package(out / "pannuke_hf")
     return out
 
@@ -248,16 +343,16 @@ def push_space(out: Path, repo_id: str, private: bool = False, token: str | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``pannuke-hf space``; returns 0 on success, 1 on a missing model or a failed push."""
+    """Run ``pannuke-hf space``; returns 0 on success, 1 on a model that does not exist (nothing is
+    written) or a failed push."""
     args = build_parser().parse_args(argv)
     if importlib.util.find_spec("gradio") is None:  # its version goes into the card
-        print("error: writing a Space needs gradio: pip install 'pannuke-hf[demo]'", file=sys.stderr)
+        print('error: writing a Space needs gradio: pip install -e ".[demo]"', file=sys.stderr)
         return 1
     try:
-        out = write_space(args.out, args.model, args.title)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        out = write_space(args.out, args.model, args.title, token=args.token)
+    except (FileNotFoundError, InputError) as err:
+        return fail("pannuke-hf space", err)
     print(f"Space written to {out}")
     if args.push_to_hub:
         try:

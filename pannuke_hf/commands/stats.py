@@ -6,7 +6,7 @@ import argparse
 import pathlib
 
 from ..data.splits import SCHEMES
-from ._common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, InputError, check_data_dir, error, void_label
+from ._common import EXIT_OK, EXIT_USAGE, InputError, check_data_dir, error, fail, void_label
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_data_dir(args.data_dir)
     except InputError as err:
-        error(parser.prog, err)
-        return EXIT_FAILURE
+        return fail(parser.prog, err)
     import datasets
 
     import pannuke_hf  # noqa: F401  (registers the "pannuke_hf" builder)
@@ -72,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             void_label=args.void_label,
         )
     except PanNukeDataError as err:  # bad or missing raw data: the message names file and patch
-        error(parser.prog, err)
-        return EXIT_FAILURE
+        return fail(parser.prog, err)
     splits = make_splits(folds, args.scheme) if args.scheme else folds
     names = args.split or list(splits)
     unknown = [name for name in names if name not in splits]

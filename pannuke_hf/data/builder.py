@@ -31,7 +31,18 @@ import datasets
 import numpy as np
 from datasets.exceptions import DatasetGenerationError
 
-from ..constants import CITATION, CLASS_NAMES, FOLD_ZIP_SHA256, FOLDS, HOMEPAGE, LICENSE, TISSUES, patch_id
+from ..constants import (
+    CITATION,
+    CLASS_NAMES,
+    FOLD_ZIP_SHA256,
+    FOLDS,
+    HOMEPAGE,
+    IGNORE_INDEX,
+    LICENSE,
+    TISSUES,
+    VOID_LABELS,
+    patch_id,
+)
 from . import raw
 from .download import download_fold_zips, resolve_base_url
 from .registration import DATASET_NAME, build_code_hash
@@ -86,10 +97,14 @@ class PanNukeConfig(datasets.BuilderConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if isinstance(self.void_label, bool) or not isinstance(self.void_label, (int, np.integer)):
-            raise ValueError(f"void_label must be an integer 0-255, got {self.void_label!r}")
-        if not 0 <= int(self.void_label) <= 255:
-            raise ValueError(f"void_label must be an integer 0-255, got {self.void_label!r}")
+        # Only the two documented values: any other label would turn void pixels into a class
+        # (3 = connective tissue), silently.
+        valid = isinstance(self.void_label, (int, np.integer)) and not isinstance(self.void_label, bool)
+        if not valid or int(self.void_label) not in VOID_LABELS:
+            raise ValueError(
+                f"void_label must be 0 (void pixels are background, as the reference) or {IGNORE_INDEX} "
+                f"(losses and metrics ignore them), got {self.void_label!r}"
+            )
         self.void_label = int(self.void_label)
 
 

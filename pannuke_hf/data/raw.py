@@ -629,15 +629,12 @@ class _PatchReader:
             self.fd = None
 
 
-def iter_patches(
-    files: FoldFiles, start: int, stop: int, void_label: int = 0, block: int = 8
-) -> Iterator[tuple[int, Patch]]:
+def iter_patches(files: FoldFiles, start: int, stop: int, void_label: int = 0) -> Iterator[tuple[int, Patch]]:
     """Yield ``(index, Patch)`` for patches ``start..stop-1`` of a fold, one at a time.
 
     Each patch is read into the same two arrays (see :class:`_PatchReader`), so memory stays
-    flat whatever the fold size. ``block`` is accepted for compatibility and has no effect.
+    flat whatever the fold size.
     """
-    del block
     images = _PatchReader(files.images)
     try:
         masks = _PatchReader(files.masks)

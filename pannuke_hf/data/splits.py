@@ -19,15 +19,28 @@ Example::
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..constants import FOLD_PROTOCOL, FOLDS, REFERENCE_SPLIT_SEED, REFERENCE_SPLIT_TEST_SIZE
 
-__all__ = ["SCHEMES", "fold_split_names", "make_splits", "reference_split_ids", "reference_split_sizes"]
+__all__ = [
+    "SCHEMES",
+    "fold_split_names",
+    "make_splits",
+    "read_training_record",
+    "reference_split_ids",
+    "reference_split_sizes",
+    "split_overlaps_training",
+    "training_data_record",
+]
 
 #: Split schemes understood by :func:`make_splits`.
 SCHEMES: tuple[str, ...] = ("reference", *(f"fold{k}" for k in FOLDS))
@@ -147,3 +160,93 @@ def make_splits(dsdict, scheme: str = "reference"):
             "validation": combined.select([row_of[i] for i in validation_ids]),
         }
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# What a checkpoint was trained on, and whether an evaluation split overlaps it
+# ---------------------------------------------------------------------------------------------
+
+#: Key of the training record in a checkpoint's ``config.json``.
+TRAINING_RECORD_KEY: str = "training_data"
+
+
+def training_data_record(
+    split_scheme: str, void_label: int = 0, synthetic_data: bool = False
+) -> dict[str, Any]:
+    """The record ``train.py`` stores in ``config.json`` (``config.training_data``).
+
+    Args:
+        split_scheme: the scheme the model was trained with (its ``train`` split was the training data).
+        void_label: the label void pixels had (0 or 255).
+        synthetic_data: trained on generated data.
+    """
+    if split_scheme not in SCHEMES:
+        raise ValueError(f"unknown split scheme {split_scheme!r}; expected one of {list(SCHEMES)}")
+    return {
+        "split_scheme": split_scheme,
+        "void_label": int(void_label),
+        "synthetic_data": bool(synthetic_data),
+    }
+
+
+def read_training_record(model_dir: str | Path) -> dict[str, Any] | None:
+    """What a local checkpoint folder says about its training data, or None when it says nothing.
+
+    Read, in order: ``config.json``'s ``training_data`` (written by ``train.py``); for checkpoints
+    saved before that record existed, the ``split_scheme`` of the ``results.json`` the training run
+    wrote beside the model, then the model card's "split scheme `...`" line; a ``checkpoint-N``
+    folder also looks in its run folder. Nothing is loaded but small text files.
+
+    Returns:
+        ``{"split_scheme", ...}`` (plus ``"source"``: the file it came from), or None.
+    """
+    folder = Path(model_dir).expanduser()
+    if not folder.is_dir():
+        return None
+    config = _read_json(folder / "config.json")
+    record = config.get(TRAINING_RECORD_KEY) if isinstance(config, dict) else None
+    if isinstance(record, dict) and record.get("split_scheme") in SCHEMES:
+        return {**record, "source": str(folder / "config.json")}
+    candidates = [folder] + ([folder.parent] if folder.name.startswith("checkpoint-") else [])
+    for candidate in candidates:
+        results = _read_json(candidate / "results.json")
+        if (
+            isinstance(results, dict)
+            and results.get("split_scheme") in SCHEMES
+            and "checkpoint" not in results
+        ):
+            # a training run's results (an evaluation's results.json names its "checkpoint")
+            return {"split_scheme": results["split_scheme"], "source": str(candidate / "results.json")}
+        card = candidate / "README.md"
+        if card.is_file():
+            match = re.search(r"split scheme `(\w+)`", card.read_text(errors="replace"))
+            if match and match.group(1) in SCHEMES:
+                return {"split_scheme": match.group(1), "source": str(card)}
+    return None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def split_overlaps_training(trained_scheme: str, scheme: str, split: str) -> bool:
+    """Whether split ``split`` of ``scheme`` holds patches of the training split of ``trained_scheme``.
+
+    The reference split draws its train and validation patches from all three folds, so it
+    overlaps the training fold of every fold scheme and every fold overlaps its training split;
+    fold schemes overlap when the split is the training fold.
+    """
+    for name in (trained_scheme, scheme):
+        if name not in SCHEMES:
+            raise ValueError(f"unknown split scheme {name!r}; expected one of {list(SCHEMES)}")
+    if trained_scheme == scheme:
+        return split == "train"
+    if "reference" in (trained_scheme, scheme):
+        return True
+    names = fold_split_names(scheme)
+    if split not in names:
+        raise ValueError(f"split scheme {scheme!r} has no split {split!r} (splits: {list(names)})")
+    return names[split] == fold_split_names(trained_scheme)["train"]

@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..constants import LICENSE_NAME, LICENSE_URL
 from .processing import (
     MAGNIFICATIONS,
     MAX_PIXELS,
@@ -25,9 +24,10 @@ from .processing import (
     load_demo_model,
     process_uploads,
     render_overlay,
+    training_data_for,
 )
 
-__all__ = ["build_app", "launch", "offline_gradio_environment"]
+__all__ = ["build_app", "footer", "launch", "offline_gradio_environment"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +60,11 @@ def _intro(model_name: str) -> str:
     )
 
 
-FOOTER = (
-    "Trained on [PanNuke](https://warwick.ac.uk/fac/cross_fac/tia/data/pannuke/) "
-    f"(data licence [{LICENSE_NAME}]({LICENSE_URL}): non-commercial use). "
-    "A research demo, not a diagnostic tool."
-)
+def footer(training_data: Any = None) -> str:
+    """The page's last line: what the loaded checkpoint was trained on, as its model card says
+    (:func:`pannuke_hf.demo.processing.training_data_for`), nothing about data when unknown."""
+    said = [training_data.markdown()] if training_data is not None else []
+    return " ".join([*said, "A research demo, not a diagnostic tool."])
 
 
 def _table(rows: list[list[Any]]) -> Any:
@@ -106,10 +106,14 @@ def build_app(
     offline_gradio_environment()
     import gradio as gr
 
+    training_data = None
     if model is None:
         model, processor, model_name = load_demo_model(model_path, device)
+        training_data = training_data_for(model_name)
     else:
         model_name = model_path or type(model).__name__
+        if model_path:
+            training_data = training_data_for(model_path)
     downloads_root = Path(tempfile.mkdtemp(prefix="pannuke-demo-"))
 
     def segment(files: Any, alpha: float, magnification: str, progress: Any = gr.Progress()) -> tuple:
@@ -152,7 +156,7 @@ def build_app(
                     list(MAGNIFICATIONS),
                     value=next(iter(MAGNIFICATIONS)),
                     label="Scan magnification",
-                    info="PanNuke patches are 40x; a 20x image is enlarged 2x for the model",
+                    info="The model works at 40x; a 20x image is enlarged 2x for it",
                     elem_id="magnification",
                 )
                 alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity", elem_id="opacity")
@@ -187,7 +191,7 @@ def build_app(
             interactive=False,
             elem_id="downloads",
         )
-        gr.Markdown(FOOTER)
+        gr.Markdown(footer(training_data), elem_id="footer")
         results = gr.State([])
         run.click(
             segment,

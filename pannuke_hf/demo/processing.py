@@ -57,14 +57,17 @@ __all__ = [
     "example_paths",
     "find_demo_checkpoint",
     "instances_available",
+    "is_checkpoint",
     "legend_html",
     "load_demo_model",
     "make_example_patches",
+    "model_card_text",
     "process_uploads",
     "read_upload",
     "render_overlay",
     "summary_rows",
     "tiling_for",
+    "training_data_for",
     "write_downloads",
     "write_summary_csv",
 ]
@@ -115,7 +118,8 @@ class DemoModelError(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 
 
-def _is_checkpoint(folder: Path) -> bool:
+def is_checkpoint(folder: Path) -> bool:
+    """``folder`` holds a saved model: ``config.json`` and weights."""
     weights = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
     return (folder / "config.json").is_file() and any((folder / w).is_file() for w in weights)
 
@@ -135,7 +139,7 @@ def find_demo_checkpoint(search: Sequence[Path] | None = None) -> Path | None:
         search = checkpoint_search_paths()
     for base in search:
         folder = Path(base) / DEMO_CHECKPOINT_DIR
-        if _is_checkpoint(folder):
+        if is_checkpoint(folder):
             return folder
     return None
 
@@ -162,13 +166,48 @@ def load_demo_model(model: str | None = None, device: str | None = None) -> tupl
                 "or pass --model PATH_OR_HUB_ID"
             )
         model = str(found)
-    from ..commands.predict import load_model
+    from ..models.loading import load_model
 
     try:
         net, processor = load_model(model, device)
     except (OSError, ValueError, RuntimeError) as err:
         raise DemoModelError(f"cannot load the model {model!r}: {err}") from err
     return net, processor, model
+
+
+def model_card_text(model: str | Path) -> str | None:
+    """The model card (``README.md``) of a checkpoint folder or Hub id; None when there is none.
+
+    A folder's own ``README.md`` is read; for a Hub id the card is fetched (or taken from the
+    local Hub cache when offline). No card, or a Hub that cannot be reached, gives None.
+    """
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        card = folder / "README.md"
+    else:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            card = Path(hf_hub_download(str(model), "README.md"))
+        except Exception:  # no card, no network, not a Hub id: nothing is known
+            return None
+    try:
+        return card.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def training_data_for(model: str | Path) -> Any:
+    """What a checkpoint was trained on, as its model card says (:func:`model_card_text`).
+
+    Returns:
+        a :class:`pannuke_hf.training.model_card.TrainingData`, or None when the card is missing
+        or names no data: the page then says nothing about the data.
+    """
+    from ..training.model_card import training_data_from_card
+
+    text = model_card_text(model)
+    return None if text is None else training_data_from_card(text)
 
 
 # ---------------------------------------------------------------------------------------------

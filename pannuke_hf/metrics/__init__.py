@@ -43,6 +43,8 @@ _LAZY: dict[str, str] = {
     "logits_to_label_maps": ".trainer",
     "make_compute_metrics": ".trainer",
     "preprocess_logits_for_metrics": ".trainer",
+    "describe_instance_mode": ".trainer",
+    "reset_metric_state": ".trainer",
     "PANOPTIC_QUALITY_PATH": ".pq",
     "PanNukeInstanceMetrics": ".pq",
     "PanopticQuality": ".pq",

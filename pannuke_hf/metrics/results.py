@@ -122,15 +122,16 @@ def results_table(
 
     Returns:
         Two Markdown tables: one row per class (IoU, Dice, Acc), then one row of mIoU, mDice,
-        aAcc, mAcc; all in percent with two decimals, ``n/a`` for an undefined value (a class
-        absent from both predictions and references).
+        aAcc, mAcc; all in percent with two decimals (every header says ``(%)``), ``n/a`` for an
+        undefined value (a class absent from both predictions and references).
     """
     results = normalise_results(metrics, class_names)
     names = _display_names(class_names, display_names, len(results.iou))
-    lines = ["| Class | IoU | Dice | Acc |", "|:---|---:|---:|---:|"]
+    lines = ["| Class | IoU (%) | Dice (%) | Acc (%) |", "|:---|---:|---:|---:|"]
     for name, iou, dice, accuracy in zip(names, results.iou, results.dice, results.accuracy):
         lines.append(f"| {name} | {_percent(iou)} | {_percent(dice)} | {_percent(accuracy)} |")
-    lines += ["", "| " + " | ".join(results.summary) + " |", "|" + "---:|" * len(results.summary)]
+    lines += ["", "| " + " | ".join(f"{key} (%)" for key in results.summary) + " |"]
+    lines.append("|" + "---:|" * len(results.summary))
     lines.append("| " + " | ".join(_percent(value) for value in results.summary.values()) + " |")
     return "\n".join(lines) + "\n"
 

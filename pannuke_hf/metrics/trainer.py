@@ -199,6 +199,20 @@ class SegmentationMetrics:
             self.reset()
 
 
+def reset_metric_state(*callables: Any) -> None:
+    """Empty the state of streaming metrics (each argument's ``reset()``, when it has one).
+
+    ``Trainer`` has no "evaluation starts" hook: call this before ``trainer.evaluate()`` when an
+    earlier evaluation was interrupted (``KeyboardInterrupt``, an exception in a batch), or the
+    partial counts it left are mixed into the next result. ``PanNukeTrainer`` does it at the start
+    of every evaluation.
+    """
+    for item in callables:
+        reset = getattr(item, "reset", None)
+        if callable(reset):
+            reset()
+
+
 def make_compute_metrics(
     num_labels: int, ignore_index: int | None = IGNORE_INDEX, id2label: Mapping[int, str] | None = None
 ) -> SegmentationMetrics:
@@ -235,6 +249,20 @@ def make_compute_metrics(
 #: per-class connected components).
 INSTANCE_MODES: tuple[str, ...] = ("auto", "hv", "watershed", "components")
 
+#: How each post-processing is named in the results tables.
+INSTANCE_MODE_DESCRIPTIONS: dict[str, str] = {
+    "hv": "the hv instance head",
+    "watershed": "the semantic map, nuclei split by a distance watershed",
+    "components": "the semantic map, connected components",
+}
+
+
+def describe_instance_mode(mode: str | None) -> str:
+    """``"hv (the hv instance head)"``: a post-processing mode and what it does, for tables."""
+    if mode is None:
+        return "unknown post-processing"
+    return f"{mode} ({INSTANCE_MODE_DESCRIPTIONS[mode]})" if mode in INSTANCE_MODE_DESCRIPTIONS else mode
+
 
 def _class_map(instances: np.ndarray, segments: list[dict]) -> np.ndarray:
     """(H, W) uint8 map giving every pixel the class of its nucleus (0 outside nuclei)."""
@@ -267,6 +295,8 @@ class InstancePredictions:
             raise ValueError(f"instance post-processing must be one of {INSTANCE_MODES}, got {mode!r}")
         self.mode = mode
         self.min_size = int(min_size)
+        #: The post-processing the last batch used (``auto`` resolved), for the results tables.
+        self.resolved_mode: str | None = None
 
     def __call__(self, logits: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         from ..models.unet_fcn.image_processing_unet_fcn import hv_to_instances, semantic_to_instances
@@ -277,6 +307,7 @@ class InstancePredictions:
         mode = ("hv" if has_head else "watershed") if self.mode == "auto" else self.mode
         if mode == "hv" and not has_head:
             raise ValueError("instance post-processing 'hv' needs a model with instance_head='hv'")
+        self.resolved_mode = mode
         size = _label_size(_first(labels)) or tuple(type_logits.shape[-2:])
 
         def resized(maps: Any) -> torch.Tensor:

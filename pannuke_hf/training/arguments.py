@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from ..constants import REFERENCE_INPUT_SIZE
+from ..constants import REFERENCE_INPUT_SIZE, VOID_LABELS
 from .schedule import REFERENCE_MIN_LR, REFERENCE_MOMENTUM, REFERENCE_POLY_POWER
 
 #: Split schemes understood by ``pannuke_hf.data.splits.make_splits``.
@@ -42,6 +43,14 @@ class DataArguments:
             "choices": list(SPLIT_SCHEMES),
         },
     )
+    void_label: int = field(
+        default=0,
+        metadata={
+            "help": "Label of void pixels (no class, no background): 0 (background, as the reference) or 255 "
+            "(the loss and the metrics ignore them).",
+            "choices": list(VOID_LABELS),
+        },
+    )
     eval_split: str = field(
         default="validation",
         metadata={"help": "Split scored during and after training (`validation` or `test`)."},
@@ -65,7 +74,7 @@ class DataArguments:
     synthetic_data: bool = field(
         default=False,
         metadata={
-            "help": "Generate PanNuke-format data (the demo) into `data_dir` (default: a folder keyed on "
+            "help": "Generate PanNuke-format data (the demo) into `data_dir` (without --data_dir: a folder keyed on "
             "the generator's code, patch count and seed under $PANNUKE_HF_DEMO_CACHE or "
             "~/.cache/pannuke_hf/demo) unless it is already there."
         },
@@ -87,6 +96,8 @@ class DataArguments:
             raise ValueError(f"split_scheme must be one of {SPLIT_SCHEMES}, got {self.split_scheme!r}")
         if self.image_size <= 0:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
+        if self.void_label not in VOID_LABELS:  # a configuration file's value skips argparse's choices
+            raise ValueError(f"void_label must be one of {list(VOID_LABELS)}, got {self.void_label!r}")
 
 
 @dataclass
@@ -138,7 +149,9 @@ class PanNukeTrainingArguments(TrainingArguments):
 
     Defaults that differ from ``TrainingArguments``: ``remove_unused_columns=False`` (the lazy
     transforms need the image columns), ``batch_eval_metrics=True`` (memory-flat evaluation),
-    ``lr_schedule="poly"`` (the reference schedule) and SGD with momentum 0.9.
+    ``lr_schedule="poly"`` (the reference schedule), SGD with momentum 0.9, and for speed on GPUs
+    ``logging_nan_inf_filter=False`` (no per-step read-back), ``dataloader_persistent_workers=True``
+    and non-blocking copies from pinned memory (``accelerator_config.non_blocking``).
     """
 
     optimizer: str = field(
@@ -202,6 +215,46 @@ class PanNukeTrainingArguments(TrainingArguments):
     batch_eval_metrics: bool = field(
         default=True, metadata={"help": "Accumulate metrics batch by batch (memory-flat evaluation)."}
     )
+    channels_last: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Keep the model's weights and the image batches channels-last (NHWC). Default: on for CUDA "
+            "devices (cuDNN's bf16 convolutions are about twice as fast in that layout), off on the CPU. "
+            "Values are the same in either layout, to float rounding."
+        },
+    )
+    cudnn_benchmark: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Let cuDNN time its convolution algorithms on the first steps and keep the fastest "
+            "(torch.backends.cudnn.benchmark). Default: on for CUDA devices (the reference library's default)."
+        },
+    )
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={
+            "help": "Leave NaN / inf losses out of the logged mean. Default off: the check reads the loss back "
+            "from the GPU after every step, which stalls the pipeline; a NaN is then logged as NaN."
+        },
+    )
+    dataloader_persistent_workers: bool = field(
+        default=True,
+        metadata={
+            "help": "Keep the DataLoader workers alive between epochs and evaluations (no restart stall). "
+            "Ignored with --dataloader_num_workers 0."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        # torch's DataLoader refuses persistent workers when there are none.
+        if self.dataloader_num_workers == 0:
+            self.dataloader_persistent_workers = False
+        super().__post_init__()
+        config = self.accelerator_config
+        if self.dataloader_pin_memory and hasattr(config, "non_blocking"):
+            # Batches come from pinned memory: copy them to the GPU without blocking the host, so
+            # the next batch's copy overlaps the current step (a no-op on the CPU).
+            config.non_blocking = True
 
 
 ALL_ARGUMENT_CLASSES = (DataArguments, ModelArguments, PanNukeTrainingArguments)
@@ -244,6 +297,72 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
+#: What ``--help`` says before the list of arguments (whose defaults are the arguments' own).
+HELP_DESCRIPTION: str = (
+    "Train and/or evaluate a UNet-FCN on PanNuke: [CONFIG.yaml|json] [--flags]. The defaults listed below "
+    "are the arguments' own: the reference setting (512x512 inputs, base 64 channels, 5 stages, classifier "
+    "init std 0.01, real data from --data_dir, SGD + poly LR) and TrainingArguments' defaults. A configuration "
+    "file replaces them with its values and flags override the file. Without a configuration file the demo "
+    "configuration (configs/demo.yaml: generated data, 128x128, base 8, 3 stages, 500 steps on the CPU) "
+    "applies, and flags given alone override it."
+)
+
+
+def given_names(argv: Sequence[str], config: Mapping[str, Any] | None = None) -> set[str]:
+    """Argument names set explicitly: the keys of the configuration file and the ``--flags`` of ``argv``."""
+    names = set(config or {})
+    for arg in argv:
+        if arg.startswith("--"):
+            names.add(arg[2:].split("=", 1)[0].replace("-", "_"))
+    return names
+
+
+def check_combinations(training_args: PanNukeTrainingArguments, given: set[str]) -> None:
+    """Refuse standard ``TrainingArguments`` that the chosen optimizer / schedule would ignore.
+
+    ``--optimizer sgd`` (the reference SGD) ignores ``--optim`` and ``--optim_args``;
+    ``--lr_schedule poly`` (the reference schedule, no warm-up) ignores ``--lr_scheduler_type``,
+    ``--lr_scheduler_kwargs`` and a non-zero ``--warmup_steps`` / ``--warmup_ratio``. Reentrant
+    activation checkpointing would leave the backbone untrained (see the model).
+
+    Args:
+        training_args: the parsed training arguments.
+        given: names set explicitly (:func:`given_names`).
+
+    Raises:
+        ValueError: one line naming the flag and what to do instead.
+    """
+    if training_args.optimizer == "sgd":
+        for name in ("optim", "optim_args"):
+            if name in given:
+                raise ValueError(
+                    f"--{name} is used only with --optimizer hf; --optimizer sgd (the default: the reference SGD "
+                    f"with --momentum and --weight_decay) would ignore it. Add --optimizer hf, or drop --{name}"
+                )
+    if training_args.lr_schedule == "poly":
+        for name in ("lr_scheduler_type", "lr_scheduler_kwargs"):
+            if name in given:
+                raise ValueError(
+                    f"--{name} is used only with --lr_schedule hf; --lr_schedule poly (the default: the reference "
+                    f"poly decay, --min_lr / --poly_power) would ignore it. Add --lr_schedule hf, or drop --{name}"
+                )
+        for name in ("warmup_steps", "warmup_ratio"):
+            if name in given and getattr(training_args, name, 0):
+                raise ValueError(
+                    f"--{name} {getattr(training_args, name)}: the poly schedule (--lr_schedule poly, the "
+                    "reference's) has no warm-up; add --lr_schedule hf (with --lr_scheduler_type) for one, or "
+                    f"drop --{name}"
+                )
+    for name in ("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs"):
+        kwargs = getattr(training_args, name, None)
+        if isinstance(kwargs, Mapping) and kwargs.get("use_reentrant"):
+            raise ValueError(
+                f"--{name} with use_reentrant true: reentrant activation checkpointing would leave every backbone "
+                "parameter of UNet-FCN untrained (its image input needs no gradient); drop use_reentrant "
+                "(the default is the non-reentrant mode)"
+            )
+
+
 def parse_arguments(
     argv: list[str] | None = None,
 ) -> tuple[DataArguments, ModelArguments, PanNukeTrainingArguments]:
@@ -259,14 +378,17 @@ def parse_arguments(
         ``(data_args, model_args, training_args)``.
 
     Raises:
-        ValueError: an unknown key in the file, or an unknown flag.
+        ValueError: an unknown key in the file, an unknown flag, or a combination the run would
+            not honour (:func:`check_combinations`).
     """
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(ALL_ARGUMENT_CLASSES)
+    parser = HfArgumentParser(ALL_ARGUMENT_CLASSES, description=HELP_DESCRIPTION)
+    config: dict[str, Any] = {}
     if argv and not argv[0].startswith("-") and argv[0].endswith(CONFIG_SUFFIXES):
-        parser.set_defaults(**load_config_file(argv[0]))
+        config = load_config_file(argv[0])
+        parser.set_defaults(**config)
         argv = argv[1:]
     elif argv and not argv[0].startswith("-"):
         raise ValueError(
@@ -275,4 +397,5 @@ def parse_arguments(
     data_args, model_args, training_args = parser.parse_args_into_dataclasses(
         args=argv, look_for_args_file=False
     )
+    check_combinations(training_args, given_names(argv, config))
     return data_args, model_args, training_args

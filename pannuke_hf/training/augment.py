@@ -33,6 +33,8 @@ import torch
 from PIL import Image
 
 from ..constants import IMAGE_MEAN, IMAGE_STD
+from ..models.unet_fcn.image_processing_unet_fcn import resize_image as shared_resize_image
+from ..models.unet_fcn.image_processing_unet_fcn import resize_labels as shared_resize_labels
 
 #: Defaults of the reference distortion.
 BRIGHTNESS_DELTA: float = 32.0
@@ -57,6 +59,9 @@ def _as_array(image: Image.Image | np.ndarray, rgb: bool = False) -> np.ndarray:
 def resize_image(image: Image.Image | np.ndarray, size: int) -> np.ndarray:
     """Resize an RGB image to ``size x size`` with ``cv2.INTER_LINEAR`` (the reference's bilinear).
 
+    The package's one resize rule (``image_processing_unet_fcn.resize_image``), which the image
+    processor, ``pannuke_hf.inference`` and the pipeline use too.
+
     Args:
         image: PIL image or (H, W, 3) uint8 array.
         size: output side in pixels.
@@ -64,19 +69,15 @@ def resize_image(image: Image.Image | np.ndarray, size: int) -> np.ndarray:
     Returns:
         (size, size, 3) uint8, a copy (the input array itself when it already has that size).
     """
-    import cv2
-
-    array = _as_array(image, rgb=True)
-    if array.shape[:2] == (size, size):
-        return array
-    return cv2.resize(np.ascontiguousarray(array), (size, size), interpolation=cv2.INTER_LINEAR)
+    return shared_resize_image(_as_array(image, rgb=True), size, size)
 
 
 def resize_label(label: Image.Image | np.ndarray, size: int) -> np.ndarray:
     """Resize a label or instance map to ``size x size`` with ``cv2.INTER_NEAREST``.
 
     ``INTER_NEAREST`` takes source pixel ``floor(x * W_in / W_out)`` (as the reference's
-    ``mmcv.imresize(..., interpolation="nearest")``; not PIL's centre-aligned nearest).
+    ``mmcv.imresize(..., interpolation="nearest")``; not PIL's centre-aligned nearest). The
+    package's one rule for labels (``image_processing_unet_fcn.resize_labels``).
 
     Args:
         label: PIL image or (H, W) integer array (uint8, uint16 or int32).
@@ -85,12 +86,7 @@ def resize_label(label: Image.Image | np.ndarray, size: int) -> np.ndarray:
     Returns:
         (size, size) array of the input's dtype.
     """
-    import cv2
-
-    array = _as_array(label)
-    if array.shape[:2] == (size, size):
-        return array
-    return cv2.resize(np.ascontiguousarray(array), (size, size), interpolation=cv2.INTER_NEAREST)
+    return shared_resize_labels(_as_array(label), size, size)
 
 
 def resize_pair(

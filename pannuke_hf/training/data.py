@@ -92,7 +92,7 @@ def ensure_synthetic_data(
 
 
 def load_folds(
-    data_dir: str | Path, cache_dir: str | None = None, num_proc: int | None = None
+    data_dir: str | Path, cache_dir: str | None = None, num_proc: int | None = None, void_label: int = 0
 ) -> datasets.DatasetDict:
     """Build (or reuse) the Arrow dataset of the raw folds in ``data_dir``.
 
@@ -100,6 +100,7 @@ def load_folds(
         data_dir: folder with ``Fold k/`` folders or ``fold_k.zip`` files.
         cache_dir: datasets cache folder (default: the datasets cache).
         num_proc: processes for the first build.
+        void_label: label of void pixels: 0 (background) or 255 (ignored by loss and metrics).
 
     Returns:
         ``DatasetDict`` with splits ``fold1``, ``fold2``, ``fold3``.
@@ -115,7 +116,11 @@ def load_folds(
             f"PanNuke data_dir {str(path)!r} does not exist: pass --data_dir with the folder holding "
             "'Fold 1'..'Fold 3' (or fold_1.zip..fold_3.zip), or --synthetic_data true for generated data"
         )
-    return datasets.load_dataset("pannuke_hf", data_dir=str(path), cache_dir=cache_dir, num_proc=num_proc)
+    # void_label only when it differs from the builder's default: the cache of the default build is reused
+    extra = {"void_label": void_label} if void_label else {}
+    return datasets.load_dataset(
+        "pannuke_hf", data_dir=str(path), cache_dir=cache_dir, num_proc=num_proc, **extra
+    )
 
 
 def load_splits(
@@ -123,20 +128,21 @@ def load_splits(
     scheme: str = "reference",
     cache_dir: str | None = None,
     num_proc: int | None = None,
+    void_label: int = 0,
 ) -> datasets.DatasetDict:
     """The training splits of a raw release: ``train``, ``validation`` (+ ``test`` for fold schemes).
 
     Args:
         data_dir: raw folds folder.
         scheme: ``"reference"`` or ``"fold1"``/``"fold2"``/``"fold3"`` (see ``make_splits``).
-        cache_dir, num_proc: see :func:`load_folds`.
+        cache_dir, num_proc, void_label: see :func:`load_folds`.
 
     Returns:
         The split ``DatasetDict``.
     """
     from ..data.splits import make_splits
 
-    return make_splits(load_folds(data_dir, cache_dir, num_proc), scheme=scheme)
+    return make_splits(load_folds(data_dir, cache_dir, num_proc, void_label), scheme=scheme)
 
 
 def take_first(dataset: datasets.Dataset, limit: int | None) -> datasets.Dataset:
@@ -244,8 +250,8 @@ def with_transform(
         keep_instances: also return each row's ``instance_mask`` (int64), resized and flipped
             with the label.
         instance_targets: instead of the ``instance_mask``, return the targets of the ``"hv"``
-            instance head computed from it after the resize and flip: ``nuclei_labels`` (h, w)
-            int64 and ``hv_labels`` (2, h, w) float32 (see
+            instance head computed from it after the resize and flip: ``nuclei_targets`` (h, w)
+            int64 and ``hv_targets`` (2, h, w) float32 (see
             :mod:`pannuke_hf.training.instance_targets`).
 
     Returns:
@@ -297,9 +303,9 @@ class _WithTissue:
 
 def collate_segmentation(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Stack ``pixel_values`` (B, 3, H, W), ``labels`` (B, h, w) and, when present, ``instance_mask``
-    (B, h, w), ``tissue`` (B,), ``nuclei_labels`` (B, h, w) and ``hv_labels`` (B, 2, h, w)."""
+    (B, h, w), ``tissue`` (B,), ``nuclei_targets`` (B, h, w) and ``hv_targets`` (B, 2, h, w)."""
     batch = {"pixel_values": torch.stack([e["pixel_values"] for e in examples])}
-    for name in ("labels", "instance_mask", "tissue", "nuclei_labels", "hv_labels"):
+    for name in ("labels", "instance_mask", "tissue", "nuclei_targets", "hv_targets"):
         if name in examples[0]:
             batch[name] = torch.stack([e[name] for e in examples])
     return batch

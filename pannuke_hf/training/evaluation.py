@@ -8,6 +8,7 @@ from typing import Any
 
 from ..constants import ID2LABEL, IGNORE_INDEX, NUM_LABELS
 from ..metrics import (
+    describe_instance_mode,
     make_compute_metrics,
     preprocess_logits_for_metrics,
     results_table,
@@ -53,6 +54,13 @@ class EvalImageCounter:
             metrics = {**metrics, "num_images": self.count}
             self.count = 0
         return metrics
+
+    def reset(self) -> None:
+        """Start a new evaluation: forget the count and the wrapped metric's state."""
+        self.count = 0
+        reset = getattr(self.compute_metrics, "reset", None)
+        if callable(reset):
+            reset()
 
 
 def metric_functions(
@@ -129,11 +137,11 @@ def nuclei_table(metrics: Mapping[str, Any], prefix: str = "eval_") -> str:
 
     names = [name for i, name in sorted(ID2LABEL.items()) if i != 0]
     lines = [
-        "| " + " | ".join(heading for heading, _ in NUCLEI_TABLE_KEYS) + " |",
+        "| " + " | ".join(f"{heading} (%)" for heading, _ in NUCLEI_TABLE_KEYS) + " |",
         "|" + "---:|" * len(NUCLEI_TABLE_KEYS),
         "| " + " | ".join(percent(key) for _, key in NUCLEI_TABLE_KEYS) + " |",
         "",
-        "| " + " | ".join(f"PQ {name}" for name in names) + " |",
+        "| " + " | ".join(f"PQ {name} (%)" for name in names) + " |",
         "|" + "---:|" * len(names),
         "| " + " | ".join(percent(f"PQ_{name}") for name in names) + " |",
     ]
@@ -147,13 +155,15 @@ def evaluate_and_report(
     output_dir: str | Path,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Score ``eval_dataset``; on the main process print the table and write results.json/.md.
+    """Score ``eval_dataset``; on the main process print the table and write results.json/.md,
+    ``eval_results.json`` and (merged) ``all_results.json``.
 
     Args:
         trainer: a ``Trainer`` built with :func:`metric_functions`.
         eval_dataset: the transformed evaluation split.
         split: its name (recorded in the results).
-        output_dir: where ``results.json`` / ``results.md`` go.
+        output_dir: where ``results.json`` / ``results.md`` go (``eval_results.json`` /
+            ``all_results.json`` go to ``trainer.args.output_dir``).
         extra: more fields for ``results.json``.
 
     Returns:
@@ -162,21 +172,29 @@ def evaluate_and_report(
     """
     metrics = trainer.evaluate(eval_dataset=eval_dataset, metric_key_prefix="eval")
     trainer.log_metrics("eval", metrics)
+    # As the Hugging Face example scripts: eval_results.json, merged into all_results.json
+    # (beside train_results.json after training); main process only.
+    trainer.save_metrics("eval", metrics)
     if trainer.is_world_process_zero():
         num_images = int(metrics.get("eval_num_images", 0))
         table = results_table(metrics)
         nuclei = nuclei_results(metrics)
+        # which post-processing made the nuclei (auto resolved by the metric's preprocessing)
+        mode = getattr(trainer.preprocess_logits_for_metrics, "resolved_mode", None)
+        made_by = f"nuclei from {describe_instance_mode(mode)}"
         if nuclei is not None:
-            table += "\nNuclei (PanNuke protocol: PQ per image, then over tissues; F1_d pooled):\n\n"
+            table += (
+                f"\nNuclei ({made_by}; PanNuke protocol: PQ per image, then over tissues; F1_d pooled):\n\n"
+            )
             table += nuclei_table(metrics)
         print(f"\nResults on `{split}` ({num_images} images):\n\n{table}", flush=True)
         document_extra = {"num_images": num_images, **(extra or {})}
         if nuclei is not None:
-            document_extra["nuclei"] = nuclei
+            document_extra["nuclei"] = {**nuclei, "nuclei_from": mode}
         paths = save_results(metrics, output_dir, split=split, extra=document_extra)
         if nuclei is not None:
             with open(paths["markdown"], "a") as markdown:
-                markdown.write("\n## Nuclei\n\n" + nuclei_table(metrics))
+                markdown.write(f"\n## Nuclei ({made_by})\n\n" + nuclei_table(metrics))
         metrics["results"] = results_to_json(metrics, split=split, extra=document_extra)
         metrics["results_markdown"] = table
     return metrics
@@ -225,8 +243,11 @@ def evaluate_checkpoint(
     cache_dir: str | None = None,
     num_workers: int = 0,
     use_cpu: bool = False,
+    bf16: bool = False,
     instance_metrics: bool | None = None,
     instance_mode: str = "auto",
+    void_label: int = 0,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score a checkpoint on a PanNuke split (the reference's "testing command").
 
@@ -245,9 +266,13 @@ def evaluate_checkpoint(
         cache_dir: datasets cache folder.
         num_workers: DataLoader workers.
         use_cpu: stay on the CPU even when a GPU is present.
+        bf16: run the model under bf16 autocast (faster on GPUs; the default fp32 is the reference's
+            evaluation). On CUDA the model runs channels-last either way (see ``PanNukeTrainer``).
         instance_metrics: also score nuclei (mPQ, bPQ, F1_d); default: when the model has an
             instance head.
         instance_mode: how nuclei are made (see :func:`metric_functions`).
+        void_label: label of void pixels: 0 (background) or 255 (left out of the metrics).
+        extra: more fields for ``results.json``.
 
     Returns:
         The evaluation metrics (``eval_`` prefix; ``results`` holds the JSON document).
@@ -256,7 +281,8 @@ def evaluate_checkpoint(
     from .data import collate_segmentation, load_splits, take_first, with_transform
     from .trainer import PanNukeTrainer
 
-    splits = load_splits(data_dir, split_scheme, cache_dir)  # clear error first when data is missing
+    # clear error first when data is missing
+    splits = load_splits(data_dir, split_scheme, cache_dir, void_label=void_label)
     if split not in splits:
         raise ValueError(
             f"split {split!r} does not exist for split scheme {split_scheme!r} (splits: {list(splits)})"
@@ -280,6 +306,7 @@ def evaluate_checkpoint(
         dataloader_num_workers=num_workers,
         report_to="none",
         use_cpu=use_cpu,
+        bf16=bf16,
     )
     trainer = PanNukeTrainer(
         model=model,
@@ -288,5 +315,11 @@ def evaluate_checkpoint(
         processing_class=processor,
         **metric_functions(instance_metrics, instance_mode),
     )
-    extra = {"checkpoint": str(model_path), "split_scheme": split_scheme, "image_size": size}
+    extra = {
+        "checkpoint": str(model_path),
+        "split_scheme": split_scheme,
+        "image_size": size,
+        "void_label": void_label,
+        **(extra or {}),
+    }
     return evaluate_and_report(trainer, dataset, split, out_dir, extra)

@@ -123,7 +123,7 @@ class InstanceTargetTransform:
     the ``"hv"`` head.
 
     Every example ``{"pixel_values", "labels", "instance_mask"}`` the wrapped transform returns
-    becomes ``{"pixel_values", "labels", "nuclei_labels" (h, w) int64, "hv_labels" (2, h, w)
+    becomes ``{"pixel_values", "labels", "nuclei_targets" (h, w) int64, "hv_targets" (2, h, w)
     float32}``: the names of the model's ``forward`` arguments.
 
     Args:
@@ -147,12 +147,12 @@ class InstanceTargetTransform:
 
         instances = out.pop("instance_mask")
         labels = out.get("labels", [None] * len(instances))
-        out["nuclei_labels"], out["hv_labels"] = [], []
+        out["nuclei_targets"], out["hv_targets"] = [], []
         for instance, label in zip(instances, labels):
             instance = instance.numpy() if hasattr(instance, "numpy") else np.asarray(instance)
             label = None if label is None else np.asarray(label)
-            out["nuclei_labels"].append(torch.from_numpy(nuclei_targets(instance, label, self.ignore_index)))
-            out["hv_labels"].append(torch.from_numpy(hv_targets(instance)))
+            out["nuclei_targets"].append(torch.from_numpy(nuclei_targets(instance, label, self.ignore_index)))
+            out["hv_targets"].append(torch.from_numpy(hv_targets(instance)))
         return out
 
     def transform_batch(

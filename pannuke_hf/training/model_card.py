@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCardData
 
-from ..constants import CITATION, LICENSE, LICENSE_NAME, LICENSE_URL
+from ..constants import CITATION, HOMEPAGE, LICENSE, LICENSE_NAME, LICENSE_URL
 
 TAGS: tuple[str, ...] = (
     "image-segmentation",
@@ -23,6 +24,9 @@ DATASET_NAME: str = "PanNuke"
 #: model-index dataset of a run on generated data (the demo): never PanNuke's name.
 SYNTHETIC_DATASET_ID: str = "pannuke-hf-generated"
 SYNTHETIC_DATASET_NAME: str = "Generated PanNuke-format data (pannuke-hf make-synthetic)"
+#: Tag of a run on generated data: says so in the YAML header even without evaluation results
+#: (the demo page and ``pannuke-hf space`` read it, see :func:`training_data_from_card`).
+SYNTHETIC_DATA_TAG: str = "synthetic-data"
 
 #: Training hyper-parameters shown in the card (never tokens or paths to private data).
 CARD_HYPERPARAMETERS: tuple[str, ...] = (
@@ -107,7 +111,7 @@ def card_metadata(
         model_name=model_name,
         license=LICENSE,
         datasets=None if synthetic_data else [dataset_id],
-        tags=list(TAGS),
+        tags=[*TAGS, SYNTHETIC_DATA_TAG] if synthetic_data else list(TAGS),
         library_name="transformers",
         pipeline_tag="image-segmentation",
         eval_results=eval_results or None,
@@ -242,3 +246,82 @@ def write_model_card(output_dir: str | Path, args: Any = None, **info: Any) -> P
     path = output_dir / "README.md"
     path.write_text(render_model_card(model_name, args, **info))
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a card back: what the checkpoint was trained on (the demo page, `pannuke-hf space`)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What a checkpoint was trained on, as its model card's YAML header says.
+
+    Attributes:
+        generated: trained on generated PanNuke-format data (the demo run), not on tissue.
+        datasets: the header's ``datasets`` (Hub dataset ids; ``pannuke`` for PanNuke).
+    """
+
+    generated: bool = False
+    datasets: tuple[str, ...] = ()
+
+    @property
+    def pannuke(self) -> bool:
+        """Trained on PanNuke: a listed dataset is ``pannuke`` (or ``owner/pannuke``)."""
+        return not self.generated and any(_is_pannuke(name) for name in self.datasets)
+
+    def markdown(self) -> str:
+        """One Markdown sentence for a page: what the model was trained on."""
+        if self.generated:
+            return (
+                "Model trained on generated PanNuke-format data (`pannuke-hf make-synthetic`), not on "
+                "tissue: a demonstration, not a pathology model."
+            )
+        names = [
+            f"[PanNuke]({HOMEPAGE}) (data licence [{LICENSE_NAME}]({LICENSE_URL}): non-commercial use)"
+            if _is_pannuke(name)
+            else (f"[`{name}`](https://huggingface.co/datasets/{name})" if "/" in name else f"`{name}`")
+            for name in self.datasets
+        ]
+        return f"Model trained on {', '.join(names)}."
+
+
+def _is_pannuke(name: str) -> bool:
+    return name.rsplit("/", 1)[-1].lower() == DATASET_ID
+
+
+def training_data_from_card(card_text: str) -> TrainingData | None:
+    """What a model card says the checkpoint was trained on; None when it says nothing.
+
+    Reads the YAML header only: the :data:`SYNTHETIC_DATA_TAG` tag or a model-index result on
+    :data:`SYNTHETIC_DATASET_ID` (cards written before the tag) mean generated data; otherwise
+    the ``datasets`` list. A card without a header, or a header without either, gives None.
+    """
+    import yaml
+
+    if not card_text.startswith("---"):
+        return None
+    parts = card_text.split("---", 2)
+    if len(parts) < 3:
+        return None
+    try:
+        header = yaml.safe_load(parts[1]) or {}
+    except yaml.YAMLError:
+        return None
+    if not isinstance(header, dict):
+        return None
+    tags = header.get("tags") or []
+    result_datasets = [
+        (result.get("dataset") or {}).get("type")
+        for entry in header.get("model-index") or []
+        if isinstance(entry, dict)
+        for result in entry.get("results") or []
+        if isinstance(result, dict)
+    ]
+    if SYNTHETIC_DATA_TAG in tags or SYNTHETIC_DATASET_ID in result_datasets:
+        return TrainingData(generated=True)
+    datasets = header.get("datasets") or []
+    if isinstance(datasets, str):
+        datasets = [datasets]
+    datasets = tuple(str(name) for name in datasets if name)
+    return TrainingData(datasets=datasets) if datasets else None

@@ -20,7 +20,8 @@ from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, T
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..constants import ID2LABEL, NUM_LABELS
-from ..errors import EXIT_FAILURE, EXIT_USAGE, UsageError
+from ..data.splits import training_data_record
+from ..errors import EXIT_FAILURE, EXIT_USAGE, UsageError, traceback_requested
 from .arguments import DataArguments, ModelArguments, PanNukeTrainingArguments, parse_arguments
 from .data import (
     AugmentationEpochCallback,
@@ -63,6 +64,10 @@ def default_argv(argv: Sequence[str] | None, flags_override_demo: bool = True) -
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and (not argv[0].startswith("-") or not flags_override_demo):
+        return argv
+    if any(arg in ("-h", "--help") for arg in argv):
+        # --help lists the arguments' own defaults (the reference's), not the demo's; its text
+        # says that the demo configuration applies when no configuration file is given.
         return argv
     if not DEMO_CONFIG.is_file():
         raise FileNotFoundError(
@@ -226,7 +231,11 @@ def run(argv: Sequence[str] | None = None, callbacks: list[TrainerCallback] | No
     data_dir = resolve_data_dir(data_args, training_args)
     with training_args.main_process_first(desc="building the dataset"):
         splits = load_splits(
-            data_dir, data_args.split_scheme, data_args.dataset_cache_dir, data_args.build_num_proc
+            data_dir,
+            data_args.split_scheme,
+            data_args.dataset_cache_dir,
+            data_args.build_num_proc,
+            void_label=data_args.void_label,
         )
     if data_args.eval_split not in splits:
         raise UsageError(
@@ -236,6 +245,10 @@ def run(argv: Sequence[str] | None = None, callbacks: list[TrainerCallback] | No
 
     # 3. Model and image processor
     model, processor = build_model(model_args, data_args.image_size)
+    # saved in config.json: `pannuke-hf evaluate` defaults to this scheme and refuses its training split
+    model.config.training_data = training_data_record(
+        data_args.split_scheme, data_args.void_label, data_args.synthetic_data
+    )
     if training_args.sync_bn:
         model = convert_to_sync_batchnorm(model, training_args.world_size, training_args.device.type)
 
@@ -347,12 +360,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(str(error)) from error
         run(argv)
     except UsageError as error:
-        if os.environ.get("PANNUKE_HF_TRACEBACK"):
+        if traceback_requested():
             raise
         print(f"{prog}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except (ValueError, OSError, KeyError) as error:
-        if os.environ.get("PANNUKE_HF_TRACEBACK"):
+        if traceback_requested():
             raise
         print(f"{prog}: error: {error}", file=sys.stderr)
         return EXIT_FAILURE

@@ -99,6 +99,7 @@ def build_sgd(
     lr: float,
     momentum: float = REFERENCE_MOMENTUM,
     weight_decay: float = REFERENCE_WEIGHT_DECAY,
+    fused: bool | None = None,
 ) -> torch.optim.SGD:
     """SGD as the reference configures it: one group, weight decay on every parameter.
 
@@ -110,6 +111,7 @@ def build_sgd(
         lr: initial learning rate ``lr0``.
         momentum: SGD momentum.
         weight_decay: L2 penalty applied to all parameters.
+        fused: use torch's fused SGD kernel (CUDA parameters); None: torch's default implementation.
 
     Returns:
         A ``torch.optim.SGD`` instance.
@@ -117,4 +119,4 @@ def build_sgd(
     params = [p for p in parameters if p.requires_grad]
     if not params:
         raise ValueError("build_sgd: the model has no trainable parameters")
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)

@@ -1,7 +1,9 @@
 """The official nucleus-level tables (overall, per class, per tissue) as Markdown, JSON and CSV.
 
-All take the dict of :meth:`~pannuke_hf.metrics.pq.PanNukeInstanceMetrics.compute`. Scores are
-printed as fractions with four decimals, as the PanNuke papers do; ``n/a`` marks an undefined value.
+All take the dict of :meth:`~pannuke_hf.metrics.pq.PanNukeInstanceMetrics.compute`. The Markdown
+tables (printed and ``scores.md``) show scores in percent with two decimals, the unit in every
+header, as every table of the package does; JSON and CSV keep fractions in [0, 1] (the PanNuke
+papers' form). ``n/a`` marks an undefined value.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ...constants import TISSUES
+from ...constants import TISSUES, full_class_name
 
 #: Rows of the overall table: (label, key).
 OVERALL_ROWS: tuple[tuple[str, str], ...] = (
@@ -30,9 +32,10 @@ OVERALL_ROWS: tuple[tuple[str, str], ...] = (
 
 
 def _fmt(value: Any) -> str:
+    """A fraction as percent with two decimals (``0.8554`` -> ``85.54``)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
-    return f"{float(value):.4f}"
+    return f"{100 * float(value):.2f}"
 
 
 def _number(value: Any) -> float | None:
@@ -62,10 +65,14 @@ def overall_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def per_class_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """``[{"class", "PQ", "DQ", "SQ", "F1"}]``: class scores (PQ/DQ/SQ image-averaged, F1 pooled)."""
+    """``[{"class", "PQ", "DQ", "SQ", "F1"}]``: class scores (PQ/DQ/SQ image-averaged, F1 pooled).
+
+    ``class`` is the full class name (``constants.full_class_name``: "non-neoplastic epithelial"),
+    as in every table a person reads; the result keys keep the identifier (``PQ_epithelial``).
+    """
     return [
         {
-            "class": name,
+            "class": full_class_name(name),
             "PQ": _number(results[f"PQ_{name}"]),
             "DQ": _number(results.get(f"DQ_{name}")),
             "SQ": _number(results.get(f"SQ_{name}")),
@@ -112,12 +119,14 @@ def instance_results_tables(results: Mapping[str, Any]) -> str:
     parts = [
         f"## Overall ({int(results.get('num_images', 0))} images, {int(results.get('num_tissues', 0))} tissues)",
         "",
-        _markdown(overall_rows(results), ("metric", "value"), ("Metric", "Value")),
+        _markdown(overall_rows(results), ("metric", "value"), ("Metric", "Value (%)")),
         "",
         "## Per class (PQ, DQ, SQ averaged over images; F1 from pooled counts)",
         "",
         _markdown(
-            per_class_rows(results), ("class", "PQ", "DQ", "SQ", "F1"), ("Class", "PQ", "DQ", "SQ", "F1")
+            per_class_rows(results),
+            ("class", "PQ", "DQ", "SQ", "F1"),
+            ("Class", "PQ (%)", "DQ (%)", "SQ (%)", "F1 (%)"),
         ),
         "",
         "## Per tissue (averaged over the tissue's images)",
@@ -125,7 +134,7 @@ def instance_results_tables(results: Mapping[str, Any]) -> str:
         _markdown(
             per_tissue_rows(results),
             ("tissue", "images", "mPQ", "bPQ", "DQ", "SQ"),
-            ("Tissue", "Images", "mPQ", "bPQ", "DQ", "SQ"),
+            ("Tissue", "Images", "mPQ (%)", "bPQ (%)", "DQ (%)", "SQ (%)"),
         ),
     ]
     return "\n".join(parts) + "\n"

@@ -9,7 +9,10 @@ files is loaded this package:
   they are copied alone next to saved checkpoints for ``trust_remote_code`` loading;
 * marks the classes with ``register_for_auto_class`` so that saved checkpoints carry an
   ``auto_map`` and their code, and load with ``trust_remote_code=True`` where ``pannuke_hf`` is
-  not installed.
+  not installed. transformers maps only the saved class in ``auto_map``; a saved
+  ``UNetFCNForSemanticSegmentation`` also maps ``AutoModel`` (its backbone, ``UNetFCNModel``), so
+  ``AutoConfig``, ``AutoModel``, ``AutoModelForSemanticSegmentation`` and ``AutoImageProcessor``
+  all load a saved or pushed checkpoint without the package.
 
 :func:`install_auto_registration` (run by ``import pannuke_hf``) registers config, models and
 processor with ``AutoConfig``, ``AutoModel``, ``AutoModelForSemanticSegmentation`` and
@@ -21,6 +24,7 @@ video processor (otherwise the pipeline, probing for one, asks whether to run th
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 from collections.abc import Callable
@@ -82,6 +86,30 @@ def _prepare_modeling(module: ModuleType) -> None:
     """Saved models carry an ``auto_map`` for ``AutoModel`` / ``AutoModelForSemanticSegmentation``."""
     module.UNetFCNModel.register_for_auto_class("AutoModel")
     module.UNetFCNForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+    _map_the_backbone_too(module.UNetFCNForSemanticSegmentation, module.UNetFCNModel)
+
+
+def _map_the_backbone_too(model_class: type, backbone_class: type) -> None:
+    """Make ``model_class.save_pretrained`` write an ``AutoModel`` entry for ``backbone_class``.
+
+    transformers writes one ``auto_map`` entry, the saved class's own (``custom_object_save``
+    adds it to the entries the config already has). Without an ``AutoModel`` entry,
+    ``AutoModel.from_pretrained(repo, trust_remote_code=True)`` fails where ``pannuke_hf`` is not
+    installed; with it, the backbone loads from the checkpoint (``base_model_prefix``). Both
+    classes live in the same code file, which the checkpoint carries.
+    """
+    save = model_class.save_pretrained
+    if getattr(save, "_maps_backbone", False):
+        return
+    entry = f"{backbone_class.__module__.rsplit('.', 1)[-1]}.{backbone_class.__name__}"
+
+    @functools.wraps(save)
+    def save_pretrained(self: Any, *args: Any, **kwargs: Any) -> Any:
+        self.config.auto_map = {"AutoModel": entry, **(getattr(self.config, "auto_map", None) or {})}
+        return save(self, *args, **kwargs)
+
+    save_pretrained._maps_backbone = True  # type: ignore[attr-defined]
+    model_class.save_pretrained = save_pretrained
 
 
 when_imported(f"{__name__}.configuration_unet_fcn", _prepare_configuration)

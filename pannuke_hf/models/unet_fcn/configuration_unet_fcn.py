@@ -99,6 +99,8 @@ class UNetFCNConfig(PreTrainedConfig):
             gradients (x-derivative of the horizontal map, y-derivative of the vertical map, per
             pixel) inside nuclei; per-pixel gradients are small, and 10 separates touching nuclei
             far better than 1 in the demo (docs/instance-head.md).
+        mpp (`float`, defaults to 0.25): µm per pixel of the images the model was trained on (PanNuke:
+            0.25, 40x); whole slides are resampled to it. Checkpoints saved without it read 0.25.
     """
 
     model_type = "unet_fcn"
@@ -138,6 +140,7 @@ class UNetFCNConfig(PreTrainedConfig):
     nuclei_dice_loss_weight: float | int = 1.0
     hv_mse_loss_weight: float | int = 1.0
     hv_msge_loss_weight: float | int = 10.0
+    mpp: float | int = 0.25
 
     def __post_init__(self, **kwargs):
         if self.id2label is None and self.label2id is not None:

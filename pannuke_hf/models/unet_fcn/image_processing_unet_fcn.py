@@ -1,5 +1,5 @@
-"""Image processor of the UNet-FCN model: any image -> RGB -> resize -> normalise; label maps -> int64;
-model outputs -> label maps or nuclei.
+"""Image processor of the UNet-FCN model: any image -> 8-bit RGB -> windows at the training scale ->
+resize (OpenCV) -> normalise; label maps -> int64; model outputs -> label maps or nuclei.
 
 This file is copied next to saved checkpoints (``trust_remote_code``), so it imports nothing from
 ``pannuke_hf``. Its default mean / std are the ImageNet statistics of transformers on the 0-255
@@ -31,6 +31,9 @@ imported inside the functions that use them):
   the order of the classes or of the watershed's internal labels; 0 means "no nucleus".
 """
 
+import math
+from dataclasses import dataclass, field
+
 import numpy as np
 import PIL.Image
 import torch
@@ -46,7 +49,22 @@ _UINT16_TO_UINT8 = 257.0
 
 
 class UNetFCNImageProcessorKwargs(ImagesKwargs, total=False):
-    """Keyword arguments of [`UNetFCNImageProcessor`] beyond transformers' ``ImagesKwargs``."""
+    """Keyword arguments of [`UNetFCNImageProcessor`] beyond transformers' ``ImagesKwargs``.
+
+    tile_size: side, in image pixels, of the patches the model was trained on (PanNuke: 256 at
+        40x): one window of the image; each window is resized to ``size``.
+    tile_overlap: pixels shared by neighbouring windows (None: a third of ``tile_size``).
+    do_tile: cut every image into windows of ``tile_size`` pixels at the training scale (True),
+        or resize the whole image to ``size`` (False: the aspect ratio and scale are lost).
+    do_reduce_labels: label 0 becomes 255 (ignored) and every other label is lowered by 1, as in
+        transformers' segmentation processors (for datasets whose label 0 is "unlabelled").
+    """
+
+    tile_size: int
+    tile_overlap: int | None
+    do_tile: bool
+    output_stride: int
+    do_reduce_labels: bool
 
 
 def _to_numpy(image) -> tuple[np.ndarray, str]:
@@ -180,6 +198,210 @@ def to_label_array(segmentation_map, index: int = 0) -> np.ndarray:
     return labels
 
 
+# ---------------------------------------------------------------------------------------------
+# Windows (tiles) and the one resize rule, shared with ``pannuke_hf.inference``
+# ---------------------------------------------------------------------------------------------
+
+#: Side, in image pixels, of the patches the model was trained on (PanNuke: 256 x 256 at 40x).
+DEFAULT_TILE_SIZE = 256
+#: Total downsampling of the 5-stage UNet-FCN: window starts fall on this grid of model pixels
+#: (the processor's default ``output_stride``; smaller UNet-FCNs have strides that divide it).
+UNET_FCN_STRIDE = 16
+
+
+def tile_positions(length: int, tile: int, stride: int) -> list[int]:
+    """Start offsets of the windows along one axis of ``length`` pixels.
+
+    Windows of ``tile`` pixels every ``stride`` pixels; the last one is moved back to end at the
+    edge so the whole axis is covered. An axis not longer than ``tile`` gets one window at 0.
+    """
+    if tile < 1 or stride < 1:
+        raise ValueError(f"tile ({tile}) and stride ({stride}) must be >= 1")
+    if length <= tile:
+        return [0]
+    count = math.ceil((length - tile) / stride) + 1
+    return sorted({min(i * stride, length - tile) for i in range(count)})
+
+
+@dataclass
+class TilingPlan:
+    """How one image is cut: padded size, tile size and the top-left corner of every tile.
+
+    Attributes:
+        height, width: size of the original image.
+        padded_height, padded_width: size after padding (at least one tile in each dimension).
+        tile: tile side in image pixels.
+        corners: ``(y, x)`` top-left corner of every tile in the padded image, row by row.
+    """
+
+    height: int
+    width: int
+    padded_height: int
+    padded_width: int
+    tile: int
+    corners: list = field(default_factory=list)
+
+
+def plan_tiles(height: int, width: int, tile: int, overlap: int, align: int = 1) -> TilingPlan:
+    """Plan the tiles of an ``height x width`` image.
+
+    Args:
+        height, width: image size in pixels.
+        tile: tile side in pixels.
+        overlap: pixels shared by neighbouring tiles, ``0 <= overlap < tile``.
+        align: the stride is rounded down to a multiple of this (when that leaves it >= 1), so
+            tiles fall on the model's pooling grid.
+
+    Returns:
+        the :class:`TilingPlan`.
+    """
+    if not 0 <= overlap < tile:
+        raise ValueError(f"overlap must be in [0, tile_size) = [0, {tile}), got {overlap}")
+    stride = tile - overlap
+    if align > 1 and stride >= align:
+        stride -= stride % align
+    ph, pw = max(height, tile), max(width, tile)
+    ys = tile_positions(ph, tile, stride)
+    xs = tile_positions(pw, tile, stride)
+    return TilingPlan(height, width, ph, pw, tile, [(y, x) for y in ys for x in xs])
+
+
+def stride_align(model_stride: int, scale: float) -> int:
+    """Window starts, in image pixels, that fall on the model's pooling grid: ``model_stride / scale``.
+
+    1 (no alignment) when that is not a whole number.
+    """
+    align = model_stride / scale
+    return int(align) if align >= 1 and align == int(align) else 1
+
+
+def pad_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Reflect-pad an (H, W[, C]) image at the bottom / right to at least (height, width).
+
+    Reflection keeps tissue-like context at the border; numpy reflects repeatedly when the pad is
+    wider than the image; a single row or column cannot be reflected, so it is repeated.
+    """
+    ph, pw = height - image.shape[0], width - image.shape[1]
+    if ph <= 0 and pw <= 0:
+        return image
+    mode = "reflect" if image.shape[0] > 1 and image.shape[1] > 1 else "edge"
+    pad = ((0, max(ph, 0)), (0, max(pw, 0))) + ((0, 0),) * (image.ndim - 2)
+    return np.pad(image, pad, mode=mode)
+
+
+def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize an (H, W, 3) uint8 image with OpenCV ``INTER_LINEAR``: the one resize rule of the package.
+
+    Training, evaluation and serving (this processor, ``pannuke_hf.inference``, the pipeline)
+    all resize this way, as the reference's ``mmcv.imresize``: half-pixel centres, no
+    antialiasing, 8-bit output rounded by OpenCV.
+    """
+    import cv2
+
+    if image.shape[:2] == (height, width):
+        return image
+    return cv2.resize(np.ascontiguousarray(image), (int(width), int(height)), interpolation=cv2.INTER_LINEAR)
+
+
+def resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize an (H, W) integer label map with OpenCV ``INTER_NEAREST`` (source pixel ``floor(x * in / out)``).
+
+    The training transform's rule for labels (the reference's ``mmcv.imresize(..., "nearest")``),
+    not PIL's centre-aligned nearest. Returns the input's dtype (int64 and other types OpenCV
+    cannot resize go through int32); values such as 255 are kept exactly.
+    """
+    import cv2
+
+    if labels.shape[:2] == (height, width):
+        return labels
+    kind = labels.dtype
+    native = kind in (np.uint8, np.int8, np.uint16, np.int16, np.int32, np.float32)
+    source = np.ascontiguousarray(labels if native else labels.astype(np.int32))
+    resized = cv2.resize(source, (int(width), int(height)), interpolation=cv2.INTER_NEAREST)
+    return resized if native else resized.astype(kind)
+
+
+def window_input_size(size, tile_height: int, tile_width: int) -> tuple:
+    """Model-input size ``(height, width)`` of a ``tile_height x tile_width`` window under a ``size`` setting.
+
+    ``size`` is a dict or ``SizeDict`` with ``height`` and ``width`` (used as given) or
+    ``shortest_edge`` / ``longest_edge`` (the window's aspect ratio kept), an int (a square), or
+    an (height, width) pair.
+
+    Raises:
+        ValueError: a ``size`` of none of these forms (one line saying what is expected).
+    """
+    get = size.get if hasattr(size, "get") else (lambda key, default=None: getattr(size, key, default))
+    if isinstance(size, int):
+        return int(size), int(size)
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        return int(size[0]), int(size[1])
+    if size is not None and get("height") and get("width"):
+        return int(get("height")), int(get("width"))
+    shortest = None if size is None else get("shortest_edge")
+    longest = None if size is None else get("longest_edge")
+    if shortest or longest:
+        factor = (
+            shortest / min(tile_height, tile_width) if shortest else longest / max(tile_height, tile_width)
+        )
+        if shortest and longest:
+            factor = min(factor, longest / max(tile_height, tile_width))
+        return max(1, round(tile_height * factor)), max(1, round(tile_width * factor))
+    raise ValueError(
+        "size must be {'height': H, 'width': W}, {'shortest_edge': S} or {'longest_edge': L} "
+        f"(model-input pixels of one window), got {_set_fields(size)!r}"
+    )
+
+
+def _set_fields(size):
+    """The fields of a size setting that are set, for messages (``SizeDict`` lists every field)."""
+    fields = dict(size) if hasattr(size, "keys") else getattr(size, "__dict__", None)
+    return size if fields is None else {key: value for key, value in fields.items() if value is not None}
+
+
+def window_logits(
+    logits: torch.Tensor, input_size: tuple, valid_size: tuple, tile_size: tuple
+) -> torch.Tensor:
+    """Model outputs of a batch of windows -> maps on the windows' image pixels.
+
+    Args:
+        logits: (B, C, h, w) maps the model returned for inputs of ``input_size`` (maps at another
+            size are first resized bilinearly to it).
+        input_size: (height, width) of the model input, padding included.
+        valid_size: (height, width) of the resized window inside the input (the rest is padding).
+        tile_size: (height, width) of the window in image pixels.
+
+    Returns:
+        (B, C, tile_height, tile_width) float32 (bilinear, half-pixel centres).
+    """
+    if tuple(logits.shape[-2:]) != tuple(input_size):
+        logits = F.interpolate(logits.float(), size=tuple(input_size), mode="bilinear", align_corners=False)
+    logits = logits[..., : valid_size[0], : valid_size[1]].float()
+    if tuple(valid_size) != tuple(tile_size):
+        logits = F.interpolate(logits, size=tuple(tile_size), mode="bilinear", align_corners=False)
+    return logits
+
+
+def stitch_windows(windows: torch.Tensor, plan: TilingPlan) -> torch.Tensor:
+    """Average the (N, C, tile, tile) maps of a plan's N windows over their overlaps: (C, H, W) float32."""
+    if len(windows) != len(plan.corners):
+        raise ValueError(f"expected {len(plan.corners)} windows for this image, got {len(windows)}")
+    tile = plan.tile
+    total = torch.zeros((windows.shape[1], plan.padded_height, plan.padded_width))
+    count = torch.zeros((plan.padded_height, plan.padded_width))
+    for (y, x), window in zip(plan.corners, windows):
+        total[:, y : y + tile, x : x + tile] += window.float().cpu()
+        count[y : y + tile, x : x + tile] += 1
+    return (total / count)[:, : plan.height, : plan.width]
+
+
+def _reduce_labels(labels: np.ndarray) -> np.ndarray:
+    """transformers' ``do_reduce_labels``: 0 -> 255 (ignored), every other label minus 1, 255 kept."""
+    reduced = labels - 1
+    reduced[(labels == 0) | (labels == 255)] = 255
+    return reduced
+
+
 def _flatten(inputs, name: str, item_ndims: int) -> list:
     """A single image / map or a batch (list, tuple, or an array with one more dimension) -> list."""
     if isinstance(inputs, (list, tuple)):
@@ -195,21 +417,6 @@ def _flatten(inputs, name: str, item_ndims: int) -> list:
     raise TypeError(
         f"{name}: expected PIL images, numpy arrays or torch tensors, got {type(inputs).__name__}"
     )
-
-
-def _resize(array: np.ndarray, height: int, width: int, resample: int) -> np.ndarray:
-    """Resize each channel of (C, H, W) float32 or a (H, W) int64 map with PIL (half-pixel centres)."""
-    if array.shape[-2:] == (height, width):
-        return array
-    if array.ndim == 2:
-        # Labels: PIL "I" (int32) keeps values such as 255 exactly; NEAREST never mixes labels.
-        image = PIL.Image.fromarray(array.astype(np.int32), mode="I")
-        return np.asarray(image.resize((width, height), resample=resample)).astype(np.int64)
-    channels = [
-        np.asarray(PIL.Image.fromarray(channel, mode="F").resize((width, height), resample=resample))
-        for channel in array
-    ]
-    return np.stack(channels).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,13 +666,28 @@ def _resized(maps: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
 class UNetFCNImageProcessor(PilBackend):
     r"""Prepares images (and label maps) for [`UNetFCNForSemanticSegmentation`].
 
-    Steps: convert to RGB on the 0-255 scale (RGBA / LA composited on white, grayscale repeated,
-    16-bit divided by 257, floats in 0-1 multiplied by 255), resize (default 512x512, bilinear;
-    label maps nearest), normalise with ``image_mean`` / ``image_std`` (0-255 scale).
-    ``segmentation_maps`` become ``labels`` (int64, 255 kept as the ignore value).
+    Steps: convert to 8-bit RGB (RGBA / LA composited on white, grayscale repeated, 16-bit
+    divided by 257, floats in 0-1 multiplied by 255, then rounded to 8 bits as training images
+    are); cut the image into windows of ``tile_size`` image pixels (default 256, the PanNuke
+    patch) that overlap by ``tile_overlap`` (default a third), the image reflected at its
+    bottom / right edge when smaller than a window; resize every window to ``size`` (default
+    512x512) with OpenCV ``INTER_LINEAR`` (label maps ``INTER_NEAREST``), the rule of the
+    training transform; normalise with ``image_mean`` / ``image_std`` (0-255 scale).
 
-    Returns a ``BatchFeature`` with ``pixel_values`` (B, 3, H, W) float32 and, when maps are given,
-    ``labels`` (B, H, W) int64.
+    So every image reaches the model at the scale of training (``size / tile_size`` model
+    pixels per image pixel, whatever the image's size or aspect ratio): a PanNuke patch gives
+    one window, a 512 x 384 region six. ``post_process_semantic_segmentation`` and
+    ``post_process_instance_segmentation`` with ``target_sizes`` (the images' sizes) average the
+    windows' logits over their overlaps, as ``pannuke_hf.inference.predict_image`` does, so the
+    ``image-segmentation`` pipeline, this processor and ``pannuke-hf predict`` give the same
+    result. ``do_tile=False`` resizes the whole image to ``size`` instead (scale and aspect ratio
+    lost); ``do_resize=False`` passes the whole image at its own size.
+
+    ``segmentation_maps`` become ``labels`` (int64, 255 kept as the ignore value; windows are
+    padded with 255).
+
+    Returns a ``BatchFeature`` with ``pixel_values`` (N, 3, H, W) float32, N = the number of
+    windows of all images in order, and, when maps are given, ``labels`` (N, H, W) int64.
     """
 
     valid_kwargs = UNetFCNImageProcessorKwargs
@@ -478,12 +700,18 @@ class UNetFCNImageProcessor(PilBackend):
     rescale_factor = 1.0
     do_normalize = True
     do_convert_rgb = True
+    do_tile = True
+    tile_size = DEFAULT_TILE_SIZE
+    tile_overlap = None
+    output_stride = UNET_FCN_STRIDE
+    do_reduce_labels = False
     # Reference statistics on the 0-255 scale (= transformers' ImageNet values x 255).
     image_mean = tuple(round(255.0 * m, 6) for m in IMAGENET_DEFAULT_MEAN)
     image_std = tuple(round(255.0 * s, 6) for s in IMAGENET_DEFAULT_STD)
 
     def __init__(self, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(**_as_float_statistics(kwargs))
+        window_input_size(self.size, self.tile_size, self.tile_size)  # a one-line error now, not later
 
     def preprocess(self, images, segmentation_maps=None, **kwargs) -> BatchFeature:
         """Process images and optional label maps.
@@ -493,12 +721,40 @@ class UNetFCNImageProcessor(PilBackend):
                 PIL images, numpy arrays or torch tensors of any of the forms of ``to_rgb_array``.
             segmentation_maps: optional label map(s) (H, W), same count and sizes as the images.
             **kwargs: overrides of the processor's attributes (``size``, ``do_resize``,
-                ``image_mean``, ``return_tensors``, ...).
+                ``image_mean``, ``tile_size``, ``do_reduce_labels``, ``return_tensors``, ...).
 
         Returns:
             ``BatchFeature`` with ``pixel_values`` and, when maps are given, ``labels``.
         """
-        return super().preprocess(images, segmentation_maps, **kwargs)
+        return super().preprocess(images, segmentation_maps, **_as_float_statistics(kwargs))
+
+    # ------------------------------------------------------------------------------------------
+    # Windows
+    # ------------------------------------------------------------------------------------------
+
+    def _window(self, tile_size=None, tile_overlap=None, size=None) -> tuple:
+        """(tile side, overlap, model-input (height, width) of a window) from the settings."""
+        tile = int(self.tile_size if tile_size is None else tile_size)
+        if tile < 1:
+            raise ValueError(f"tile_size must be >= 1, got {tile}")
+        overlap = self.tile_overlap if tile_overlap is None else tile_overlap
+        overlap = round(tile / 3) if overlap is None else int(overlap)
+        if not 0 <= overlap < tile:
+            raise ValueError(f"tile_overlap must be in [0, tile_size) = [0, {tile}), got {overlap}")
+        return tile, overlap, window_input_size(self.size if size is None else size, tile, tile)
+
+    def tile_plan(self, height: int, width: int, tile_size=None, tile_overlap=None, size=None) -> TilingPlan:
+        """The windows of an ``height x width`` image under this processor's (or the given) settings.
+
+        Window starts are aligned to the model's pooling grid (``output_stride`` model pixels), as
+        ``pannuke_hf.inference`` aligns them.
+        """
+        tile, overlap, (in_h, _) = self._window(tile_size, tile_overlap, size)
+        stride = int(self.output_stride or 1)
+        return plan_tiles(height, width, tile, overlap, align=stride_align(stride, in_h / tile))
+
+    def _tiles(self, do_resize, do_tile) -> bool:
+        return bool(do_resize) and bool(do_tile)
 
     def _preprocess_image_like_inputs(
         self,
@@ -514,28 +770,58 @@ class UNetFCNImageProcessor(PilBackend):
         image_std=None,
         return_tensors=None,
         input_data_format=None,
+        do_tile: bool = True,
+        tile_size=None,
+        tile_overlap=None,
+        do_reduce_labels: bool = False,
         **kwargs,
     ) -> BatchFeature:
-        resample = PILImageResampling.BILINEAR if resample is None else resample
-        pixel_values, original_sizes = [], []
-        for index, image in enumerate(_flatten(images, "images", item_ndims=3)):
-            array = to_rgb_array(image, index, input_data_format)
-            original_sizes.append(array.shape[-2:])
-            if do_resize:
-                array = _resize(array, size.height, size.width, resample)
+        if do_resize:
+            window_input_size(size, 1, 1)  # a one-line error for an unusable size
+        if resample is not None and int(resample) != int(PILImageResampling.BILINEAR):
+            raise ValueError(
+                f"resample={resample!r}: images are resized with one rule, bilinear (OpenCV INTER_LINEAR, "
+                "as in training), label maps nearest; leave resample unset or BILINEAR"
+            )
+        tiled = self._tiles(do_resize, do_tile)
+        if tiled:
+            tile, _, (in_h, in_w) = self._window(tile_size, tile_overlap, size)
+        mean = np.asarray(image_mean, dtype=np.float32).reshape(1, 1, -1) if do_normalize else None
+        std = np.asarray(image_std, dtype=np.float32).reshape(1, 1, -1) if do_normalize else None
+
+        def normalise(rgb: np.ndarray) -> np.ndarray:
+            # (H, W, 3) uint8 -> (3, H, W) float32, in the order of the training transform's table
+            values = rgb.astype(np.float32)
             if do_rescale:
-                array = array * rescale_factor
-            if do_normalize:
-                mean = np.asarray(image_mean, dtype=np.float32).reshape(-1, 1, 1)
-                std = np.asarray(image_std, dtype=np.float32).reshape(-1, 1, 1)
-                array = (array - mean) / std
-            pixel_values.append(array.astype(np.float32))
+                values = values * np.float32(rescale_factor)
+            if mean is not None:
+                values = (values - mean) / std
+            return np.ascontiguousarray(values.transpose(2, 0, 1))
+
+        pixel_values, original_sizes, plans = [], [], []
+        for index, image in enumerate(_flatten(images, "images", item_ndims=3)):
+            rgb = to_rgb_array(image, index, input_data_format)
+            # 8-bit, as the training images: the model never saw values between two levels
+            rgb = np.rint(np.moveaxis(rgb, 0, -1)).astype(np.uint8)
+            height, width = rgb.shape[:2]
+            original_sizes.append((height, width))
+            if tiled:
+                plan = self.tile_plan(height, width, tile_size, tile_overlap, size)
+                plans.append(plan)
+                padded = pad_image(rgb, plan.padded_height, plan.padded_width)
+                for y, x in plan.corners:
+                    window = padded[y : y + tile, x : x + tile]
+                    pixel_values.append(normalise(resize_image(window, in_h, in_w)))
+            elif do_resize:
+                pixel_values.append(normalise(resize_image(rgb, *window_input_size(size, height, width))))
+            else:
+                pixel_values.append(normalise(rgb))
         data = {"pixel_values": pixel_values}
 
         if segmentation_maps is not None:
             maps = _flatten(segmentation_maps, "segmentation_maps", item_ndims=2)
-            if len(maps) != len(pixel_values):
-                raise ValueError(f"got {len(pixel_values)} images but {len(maps)} segmentation maps")
+            if len(maps) != len(original_sizes):
+                raise ValueError(f"got {len(original_sizes)} images but {len(maps)} segmentation maps")
             labels = []
             for index, segmentation_map in enumerate(maps):
                 label = to_label_array(segmentation_map, index)
@@ -543,36 +829,82 @@ class UNetFCNImageProcessor(PilBackend):
                     raise ValueError(
                         f"segmentation map {index} has size {label.shape}, its image {original_sizes[index]}"
                     )
-                if do_resize:
-                    label = _resize(label, size.height, size.width, PILImageResampling.NEAREST)
-                labels.append(label)
+                if do_reduce_labels:
+                    label = _reduce_labels(label)
+                if tiled:
+                    plan = plans[index]
+                    pad = ((0, plan.padded_height - label.shape[0]), (0, plan.padded_width - label.shape[1]))
+                    padded = np.pad(label, pad, constant_values=255)  # padding is no tissue: ignored
+                    for y, x in plan.corners:
+                        labels.append(resize_labels(padded[y : y + tile, x : x + tile], in_h, in_w))
+                elif do_resize:
+                    labels.append(resize_labels(label, *window_input_size(size, *label.shape)))
+                else:
+                    labels.append(label)
             data["labels"] = labels
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def stitch(self, maps: torch.Tensor, target_sizes) -> list:
+        """Per-window maps -> one map per image, averaged over overlapping windows.
+
+        Args:
+            maps: (N, C, h, w) model outputs for the N windows this processor made of images of
+                sizes ``target_sizes`` (in order).
+            target_sizes: the (height, width) of every image given to the processor.
+
+        Returns:
+            a list of (C, height, width) float32 tensors.
+
+        Raises:
+            ValueError: the sizes' windows do not add up to N (one line, with both counts).
+        """
+        plans = [self.tile_plan(int(h), int(w)) for h, w in target_sizes]
+        expected = sum(len(plan.corners) for plan in plans)
+        if expected != len(maps):
+            sizes = ", ".join(f"{int(h)}x{int(w)}" for h, w in target_sizes)
+            raise ValueError(
+                f"images of {sizes} pixels make {expected} windows of {self.tile_size} pixels, but the "
+                f"outputs have {len(maps)}: pass the sizes of the images given to the processor as "
+                "target_sizes (or set do_tile=False)"
+            )
+        _, _, input_size = self._window()
+        stitched, start = [], 0
+        for plan in plans:
+            count = len(plan.corners)
+            windows = window_logits(
+                maps[start : start + count], input_size, input_size, (plan.tile, plan.tile)
+            )
+            stitched.append(stitch_windows(windows, plan))
+            start += count
+        return stitched
+
+    def _per_image(self, maps: torch.Tensor, target_sizes) -> list:
+        """(C, H, W) maps per image: stitched windows when tiling, else each row resized to its target size."""
+        maps = maps.detach()
+        if target_sizes is None:
+            return [m.float() for m in maps]
+        if self._tiles(self.do_resize, self.do_tile):
+            return self.stitch(maps, target_sizes)
+        if len(target_sizes) != len(maps):
+            raise ValueError(f"got {len(target_sizes)} target sizes for a batch of {len(maps)} logits")
+        return [_resized(m, tuple(int(v) for v in target)) for m, target in zip(maps, target_sizes)]
 
     def post_process_semantic_segmentation(self, outputs, target_sizes=None) -> list[torch.Tensor]:
         """Turn model outputs into label maps.
 
         Args:
-            outputs: model output with ``logits`` (B, num_labels, h, w).
-            target_sizes: optional list of B ``(height, width)``; logits are resized (bilinear) to
-                each before the argmax.
+            outputs: model output with ``logits`` (N, num_labels, h, w).
+            target_sizes: optional list of the (height, width) of every image given to the
+                processor. With tiling (the default) the windows' logits are brought back to
+                image pixels (bilinear) and averaged over overlaps; without tiling each row's
+                logits are resized (bilinear) to its size. The arg-max follows.
 
         Returns:
-            A list of B int64 tensors (H, W) of label ids.
+            A list of int64 tensors (H, W) of label ids: one per image with ``target_sizes``, one
+            per row of ``logits`` without.
         """
         logits = outputs.logits if hasattr(outputs, "logits") else outputs["logits"]
-        if target_sizes is None:
-            return list(logits.argmax(dim=1))
-        if len(target_sizes) != len(logits):
-            raise ValueError(f"got {len(target_sizes)} target sizes for a batch of {len(logits)} logits")
-        maps = []
-        for logit, target in zip(logits, target_sizes):
-            height, width = (int(v) for v in target)
-            resized = F.interpolate(
-                logit[None].float(), size=(height, width), mode="bilinear", align_corners=False
-            )
-            maps.append(resized[0].argmax(dim=0))
-        return maps
+        return [m.argmax(dim=0) for m in self._per_image(logits, target_sizes)]
 
     def post_process_instance_segmentation(
         self,
@@ -589,13 +921,15 @@ class UNetFCNImageProcessor(PilBackend):
 
         Models with a distance-map head (``outputs.hv_maps`` and ``outputs.nuclei_logits``) use
         :func:`hv_to_instances`; other models :func:`semantic_to_instances` (per-class components
-        split by a distance-transform watershed). Logits and maps are resized bilinearly to the
-        target size before the softmax, so ``min_size`` counts pixels of the output.
+        split by a distance-transform watershed). With ``target_sizes``, logits and maps are brought
+        back to image pixels before the softmax (windows averaged over their overlaps, as in
+        ``post_process_semantic_segmentation``), so ``min_size`` counts pixels of the image.
 
         Args:
-            outputs: model output with ``logits`` (B, num_labels, h, w) and optionally
-                ``nuclei_logits`` (B, 2, h, w) and ``hv_maps`` (B, 2, h, w).
-            target_sizes: optional list of B ``(height, width)``; default the logits' size.
+            outputs: model output with ``logits`` (N, num_labels, h, w) and optionally
+                ``nuclei_logits`` (N, 2, h, w) and ``hv_maps`` (N, 2, h, w).
+            target_sizes: optional list of the (height, width) of every image given to the
+                processor; default: one result per row of ``logits``, at its size.
             min_size: nuclei with fewer pixels are dropped (10 at 40x, 3 at 20x).
             threshold: nuclei whose score is below it are dropped (None keeps all). The
                 ``image-segmentation`` pipeline passes 0.9 unless told otherwise.
@@ -604,7 +938,7 @@ class UNetFCNImageProcessor(PilBackend):
                 ignored: nuclei never overlap and are never fused.
 
         Returns:
-            A list of B dicts ``{"segmentation": (H, W) int32 tensor of nucleus ids, 0 = no
+            A list of dicts (one per image / row) ``{"segmentation": (H, W) int32 tensor of nucleus ids, 0 = no
             nucleus (background), "segments_info": [{"id", "label_id" (1..num_labels-1), "score",
             "was_fused": False}, ...]}``; ids run 1..K in raster order of each nucleus's first
             pixel. An image without nuclei gets an all-zero map and an empty list.
@@ -616,18 +950,19 @@ class UNetFCNImageProcessor(PilBackend):
             raise ValueError("outputs have no `logits`")
         if hv_maps is not None and nuclei_logits is None:
             raise ValueError("outputs have `hv_maps` but no `nuclei_logits`")
-        if target_sizes is not None and len(target_sizes) != len(logits):
-            raise ValueError(f"got {len(target_sizes)} target sizes for a batch of {len(logits)} logits")
         nucleus_threshold = NUCLEUS_THRESHOLD if mask_threshold is None else float(mask_threshold)
+        logits = self._per_image(logits, target_sizes)
+        if hv_maps is not None:
+            nuclei_logits = self._per_image(nuclei_logits, target_sizes)
+            hv_maps = self._per_image(hv_maps, target_sizes)
         results = []
         for index in range(len(logits)):
-            size = None if target_sizes is None else tuple(int(v) for v in target_sizes[index])
-            probabilities = _resized(logits[index], size).softmax(dim=0).numpy()
+            probabilities = logits[index].softmax(dim=0).numpy()
             if hv_maps is None:
                 instances, segments = semantic_to_instances(probabilities, min_size=min_size)
             else:
-                nuclei = _resized(nuclei_logits[index], size).softmax(dim=0)[1].numpy()
-                hv = _resized(hv_maps[index], size).numpy()
+                nuclei = nuclei_logits[index].softmax(dim=0)[1].numpy()
+                hv = hv_maps[index].numpy()
                 instances, segments = hv_to_instances(
                     probabilities, nuclei, hv, min_size=min_size, nucleus_threshold=nucleus_threshold
                 )
@@ -635,6 +970,17 @@ class UNetFCNImageProcessor(PilBackend):
                 instances, segments = _keep_confident(instances, segments, float(threshold))
             results.append({"segmentation": torch.from_numpy(instances), "segments_info": segments})
         return results
+
+
+def _as_float_statistics(kwargs: dict) -> dict:
+    """``image_mean`` / ``image_std`` given as ints (e.g. ``[0, 0, 0]``) as floats, as transformers' typing wants."""
+    for key in ("image_mean", "image_std"):
+        value = kwargs.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            kwargs[key] = float(value)
+        elif isinstance(value, (list, tuple)):
+            kwargs[key] = type(value)(float(v) for v in value)
+    return kwargs
 
 
 def _keep_confident(instances: np.ndarray, segments: list[dict], threshold: float) -> tuple[np.ndarray, list]:
@@ -650,7 +996,17 @@ def _keep_confident(instances: np.ndarray, segments: list[dict], threshold: floa
 
 
 __all__ = [
+    "DEFAULT_TILE_SIZE",
+    "TilingPlan",
     "UNetFCNImageProcessor",
+    "pad_image",
+    "plan_tiles",
+    "resize_image",
+    "resize_labels",
+    "stitch_windows",
+    "tile_positions",
+    "window_input_size",
+    "window_logits",
     "hv_to_instances",
     "semantic_to_instances",
     "to_label_array",

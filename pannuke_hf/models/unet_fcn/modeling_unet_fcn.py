@@ -17,10 +17,12 @@ Convs before a BatchNorm carry no bias. This file is copied next to saved checkp
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -275,6 +277,26 @@ class UNetFCNPreTrainedModel(PreTrainedModel):
     # forward has no **kwargs: the Trainer must not rescale the loss by the number of processes.
     accepts_loss_kwargs = False
 
+    def _set_gradient_checkpointing(
+        self, enable: bool = True, gradient_checkpointing_func: Any = checkpoint, **kwargs: Any
+    ) -> None:
+        """Refuse reentrant activation checkpointing, then defer to ``PreTrainedModel``.
+
+        ``torch.utils.checkpoint`` with ``use_reentrant=True`` gives a stage's output a gradient
+        only when one of its *inputs* requires one; ``pixel_values`` does not, so every backbone
+        parameter would silently keep ``grad = None`` and only the heads would train.
+        """
+        keywords = getattr(gradient_checkpointing_func, "keywords", None) or {}
+        if enable and keywords.get("use_reentrant"):
+            raise ValueError(
+                "UNet-FCN does not support activation checkpointing with use_reentrant=True: the image input "
+                "needs no gradient, so the reentrant mode would leave every backbone parameter untrained. Use "
+                "the default non-reentrant mode (drop use_reentrant, or pass use_reentrant=False)."
+            )
+        super()._set_gradient_checkpointing(
+            enable=enable, gradient_checkpointing_func=gradient_checkpointing_func, **kwargs
+        )
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, UNetFCNClassifier):
@@ -521,8 +543,8 @@ class UNetFCNForSemanticSegmentation(UNetFCNPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
-        nuclei_labels: torch.Tensor | None = None,
-        hv_labels: torch.Tensor | None = None,
+        nuclei_targets: torch.Tensor | None = None,
+        hv_targets: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> UNetFCNSemanticSegmenterOutput | tuple:
@@ -534,15 +556,19 @@ class UNetFCNForSemanticSegmentation(UNetFCNPreTrainedModel):
             labels: optional (B, H, W) int64 label maps; ``config.semantic_loss_ignore_index`` (255)
                 is ignored. Gives ``loss`` = cross-entropy of the main head
                 + ``auxiliary_loss_weight`` * cross-entropy of the auxiliary head (when enabled).
-            nuclei_labels: optional (B, H, W) int64 nucleus-pixel targets of the ``"hv"`` instance head
+            nuclei_targets: optional (B, H, W) int64 nucleus-pixel targets of the ``"hv"`` instance head
                 (1 = nucleus, 0 = not, 255 = ignored); when not given but ``labels`` are, they are
                 ``labels > 0`` (ignored where ``labels`` are). Adds ``nuclei_ce_loss_weight`` *
                 cross-entropy + ``nuclei_dice_loss_weight`` * (1 - Dice) of ``nuclei_logits``.
-            hv_labels: optional (B, 2, H, W) float distance-map targets of the ``"hv"`` head (see
-                ``pannuke_hf.training.instance_targets``); needs ``labels`` or ``nuclei_labels``.
+            hv_targets: optional (B, 2, H, W) float distance-map targets of the ``"hv"`` head (see
+                ``pannuke_hf.training.instance_targets``); needs ``labels`` or ``nuclei_targets``.
                 Adds ``hv_mse_loss_weight`` * MSE + ``hv_msge_loss_weight`` * MSGE of ``hv_maps``.
             output_hidden_states: also return the backbone outputs, deepest first.
             return_dict: return a ``UNetFCNSemanticSegmenterOutput`` (default) instead of a tuple.
+
+        Only ``labels`` has "label" in its name: ``transformers.Trainer`` takes its label names from
+        this signature and scores a batch only when every one of them is present, while evaluation
+        batches carry ``labels`` alone. The optional instance targets are named ``*_targets``.
 
         Returns:
             ``UNetFCNSemanticSegmenterOutput`` with ``logits`` (B, num_labels, H, W) at input
@@ -555,9 +581,9 @@ class UNetFCNForSemanticSegmentation(UNetFCNPreTrainedModel):
             config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
         return_dict = config.return_dict if return_dict is None else return_dict
-        if self.nuclei_head is None and (nuclei_labels is not None or hv_labels is not None):
+        if self.nuclei_head is None and (nuclei_targets is not None or hv_targets is not None):
             raise ValueError(
-                "nuclei_labels / hv_labels were given but the model has no instance head "
+                "nuclei_targets / hv_targets were given but the model has no instance head "
                 '(config.instance_head is None; build it with instance_head="hv")'
             )
         features = self.unet.backbone_features(pixel_values)
@@ -577,23 +603,23 @@ class UNetFCNForSemanticSegmentation(UNetFCNPreTrainedModel):
                 auxiliary_loss = semantic_segmentation_loss(auxiliary_logits, labels, ignore)
                 loss = loss + config.auxiliary_loss_weight * auxiliary_loss
         if self.nuclei_head is not None:
-            if nuclei_labels is None and labels is not None:
-                nuclei_labels = torch.where(labels == ignore, labels, (labels > 0).to(labels.dtype))
-            if hv_labels is not None and nuclei_labels is None:
-                raise ValueError("hv_labels need nuclei_labels or labels (which pixels are nuclei)")
-            if nuclei_labels is not None:
+            if nuclei_targets is None and labels is not None:
+                nuclei_targets = torch.where(labels == ignore, labels, (labels > 0).to(labels.dtype))
+            if hv_targets is not None and nuclei_targets is None:
+                raise ValueError("hv_targets need nuclei_targets or labels (which pixels are nuclei)")
+            if nuclei_targets is not None:
                 instance_loss = nuclei_map_loss(
                     nuclei_logits,
-                    nuclei_labels,
+                    nuclei_targets,
                     ignore,
                     config.nuclei_ce_loss_weight,
                     config.nuclei_dice_loss_weight,
                 )
-                if hv_labels is not None:
+                if hv_targets is not None:
                     instance_loss = instance_loss + hv_maps_loss(
                         hv_maps,
-                        hv_labels,
-                        nuclei_labels,
+                        hv_targets,
+                        nuclei_targets,
                         ignore,
                         config.hv_mse_loss_weight,
                         config.hv_msge_loss_weight,
