@@ -73,6 +73,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="region core, model pixels (default 1024 on the CPU, 2048 on CUDA)",
     )
     p.add_argument("--margin", type=int, default=96)
+    p.add_argument(
+        "--processes",
+        type=int,
+        nargs="+",
+        default=[1],
+        metavar="N",
+        help="segment each slide with N processes (torchrun; the slide's chunks shared out, one GPU each with "
+        "--device cuda); several values: one row each, the files compared with the first value's",
+    )
     p.add_argument("--workers", type=int, default=None, help="reader processes (default as pannuke-hf slide)")
     p.add_argument(
         "--postprocess-workers",
@@ -118,32 +127,39 @@ def build_model(args: argparse.Namespace):
 
 
 def run_one(args: argparse.Namespace) -> None:
-    """Child process: segment one slide, print the summary as JSON on the last line."""
+    """Child process (each torchrun process): segment one slide, print the summary as JSON on the last line."""
     from pannuke_hf.commands.slide import default_workers
-    from pannuke_hf.slides.pipeline import segment_slide
+    from pannuke_hf.slides.distributed import init_processes, segment_slide_shared
     from pannuke_hf.slides.tiling import prepare_model
 
+    processes = init_processes(args.device)
+    args.device = processes.device  # cuda -> cuda:LOCAL_RANK under torchrun
     model, processor = build_model(args)
     model = prepare_model(model, precision=args.precision)
-    readers, post = default_workers()
+    # the machine's cores are shared by the processes torchrun started on it
+    cpus = max(1, (os.cpu_count() or 2) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    readers, post = default_workers(cpus)
     readers = readers if args.workers is None else args.workers
     post = post if args.postprocess_workers is None else args.postprocess_workers
     cuda = args.device.startswith("cuda")
-    summary = segment_slide(
+    summary = segment_slide_shared(
         args.run_one,
         model,
-        processor,
+        processes,
+        processor=processor,
         out_dir=args.outputs,
         batch_size=args.batch_size or (64 if cuda else 8),
         overlap=args.overlap,
         region_size=args.region_size or (2048 if cuda else 1024),
         margin=args.margin,
-        threads=None if cuda else max(1, (os.cpu_count() or 2) - readers - post),
+        threads=None if cuda else max(1, cpus - readers - post),
         workers=readers,
         postprocess_workers=post,
         progress=False,
     )
-    print(json.dumps(summary, default=float))
+    if processes.is_main:
+        print(json.dumps(summary, default=float), flush=True)
+    processes.close()
 
 
 def _tree_rss(pid: int) -> int:
@@ -206,13 +222,26 @@ class GpuSampler:
         }
 
 
-def segment_measured(args: argparse.Namespace, slide: Path, outputs: Path) -> dict:
-    """Run one slide in a child process; returns its summary plus peak RSS and GPU figures."""
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def segment_measured(args: argparse.Namespace, slide: Path, outputs: Path, processes: int = 1) -> dict:
+    """Run one slide in a child process (``processes`` > 1: under torchrun); returns its summary plus
+    the peak RSS of all its processes and GPU figures."""
     import shutil
 
     shutil.rmtree(outputs, ignore_errors=True)
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                     "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]  # fmt: skip
     cmd = [
-        sys.executable,
+        *launcher,
         __file__,
         "--_run-one",
         str(slide),
@@ -387,39 +416,52 @@ def main(argv: list[str] | None = None) -> None:
             )
             gen_seconds = time.perf_counter() - start
             print(f"generated {slide.name} in {gen_seconds:.1f} s", flush=True)
-        summary = segment_measured(args, slide, out / f"out_{w}x{h}")
-        scores = {"mPQ": None, "bPQ": None}
-        if args.score_blocks > 0 and slide.with_name(slide.stem + "_truth.tiff").is_file():
-            scores = score_slide(slide, out / f"out_{w}x{h}", args.score_blocks)
-        s = summary["seconds"]
-        row = {
-            "slide": f"{w}x{h}",
-            "gpx": w * h / 1e9,
-            "tissue_mm2": summary["tissue_mm2"],
-            "nuclei": summary["nuclei"],
-            "windows": summary["windows"],
-            "windows_per_s": summary["tiles_per_second"],
-            "read_s": s["read"],
-            "infer_s": s["infer"],
-            "post_s": s["post_process"],
-            "write_s": s["write"],
-            "wall_s": summary["bench_wall_seconds"],
-            "s_per_mm2": summary["bench_wall_seconds"] / summary["tissue_mm2"]
-            if summary["tissue_mm2"]
-            else None,
-            "peak_rss_gb": summary["peak_rss_gb"],
-            "gpu_busy": summary.get("gpu_busy_active_mean"),
-            "slide_mPQ": scores["mPQ"],
-            "slide_bPQ": scores["bPQ"],
-            "patch_mPQ": patch["mPQ"],
-            "patch_bPQ": patch["bPQ"],
-            "generate_s": gen_seconds,
-        }
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        for n in args.processes:
+            outputs = out / (f"out_{w}x{h}" if n == 1 else f"out_{w}x{h}_{n}proc")
+            summary = segment_measured(args, slide, outputs, n)
+            first = args.processes[0]
+            same = None
+            if n != first:  # sharing the slide out changes no byte of its files
+                ref = out / (f"out_{w}x{h}" if first == 1 else f"out_{w}x{h}_{first}proc")
+                same = all(
+                    (ref / f"{slide.stem}{suffix}").read_bytes()
+                    == (outputs / f"{slide.stem}{suffix}").read_bytes()
+                    for suffix in ("_cells.parquet", ".geojson.gz", "_thumbnail.png")
+                )
+            scores = {"mPQ": None, "bPQ": None}
+            if args.score_blocks > 0 and slide.with_name(slide.stem + "_truth.tiff").is_file():
+                scores = score_slide(slide, outputs, args.score_blocks)
+            s = summary["seconds"]
+            row = {
+                "slide": f"{w}x{h}",
+                "processes": n,
+                "same_files": same,
+                "gpx": w * h / 1e9,
+                "tissue_mm2": summary["tissue_mm2"],
+                "nuclei": summary["nuclei"],
+                "windows": summary["windows"],
+                "windows_per_s": summary["tiles_per_second"],
+                "read_s": s["read"],
+                "infer_s": s["infer"],
+                "post_s": s["post_process"],
+                "write_s": s["write"],
+                "wall_s": summary["bench_wall_seconds"],
+                "s_per_mm2": summary["bench_wall_seconds"] / summary["tissue_mm2"]
+                if summary["tissue_mm2"]
+                else None,
+                "peak_rss_gb": summary["peak_rss_gb"],
+                "gpu_busy": summary.get("gpu_busy_active_mean"),
+                "slide_mPQ": scores["mPQ"],
+                "slide_bPQ": scores["bPQ"],
+                "patch_mPQ": patch["mPQ"],
+                "patch_bPQ": patch["bPQ"],
+                "generate_s": gen_seconds,
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     header = (
-        "| slide | Gpx | tissue mm² | nuclei | windows | windows/s | read s | infer s | post s | write s | wall s "
-        "| s/mm² | peak RSS GB | GPU busy % | slide mPQ | slide bPQ | patch mPQ | patch bPQ |"
+        "| slide | processes | Gpx | tissue mm² | nuclei | windows | windows/s | read s | infer s | post s | write s | wall s "
+        "| s/mm² | peak RSS GB | GPU busy % | slide mPQ | slide bPQ | patch mPQ | patch bPQ | same files |"
     )
     print()
     print(header)
@@ -427,13 +469,14 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         pct = lambda v: _fmt(None if v is None else 100 * v)  # noqa: E731
         print(
-            f"| {r['slide']} | {r['gpx']:.2f} | {r['tissue_mm2']:.1f} | {r['nuclei']} | {r['windows']} | {_fmt(r['windows_per_s'], '.0f')} "
+            f"| {r['slide']} | {r['processes']} | {r['gpx']:.2f} | {r['tissue_mm2']:.1f} | {r['nuclei']} | {r['windows']} | {_fmt(r['windows_per_s'], '.0f')} "
             f"| {r['read_s']:.0f} | {r['infer_s']:.0f} | {r['post_s']:.0f} | {r['write_s']:.0f} | {r['wall_s']:.0f} "
             f"| {_fmt(r['s_per_mm2'])} | {r['peak_rss_gb']:.2f} | {_fmt(r['gpu_busy'], '.0f')} "
-            f"| {pct(r['slide_mPQ'])} | {pct(r['slide_bPQ'])} | {pct(r['patch_mPQ'])} | {pct(r['patch_bPQ'])} |"
+            f"| {pct(r['slide_mPQ'])} | {pct(r['slide_bPQ'])} | {pct(r['patch_mPQ'])} | {pct(r['patch_bPQ'])} "
+            f"| {'-' if r['same_files'] is None else ('yes' if r['same_files'] else 'NO')} |"
         )
-    if len(rows) > 1:
-        peaks = [r["peak_rss_gb"] for r in rows]
+    peaks = [r["peak_rss_gb"] for r in rows if r["processes"] == args.processes[0]]
+    if len(peaks) > 1:
         print(
             f"\npeak RSS: largest / smallest = {max(peaks) / min(peaks):.2f} (flat: <= 1.20); largest {max(peaks):.2f} GB (target < 3)"
         )

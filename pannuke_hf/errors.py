@@ -33,3 +33,22 @@ TRACEBACK_ENV: str = "PANNUKE_HF_TRACEBACK"
 def traceback_requested() -> bool:
     """Whether ``PANNUKE_HF_TRACEBACK`` asks for tracebacks (set, and not ``0`` / ``false`` / ``no`` / ``off``)."""
     return os.environ.get(TRACEBACK_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+#: Top-level packages whose exceptions mean "the Hub or the network failed" (HTTP clients and
+#: ``huggingface_hub``; their errors are not ``OSError``s, and their client library changes).
+_HUB_ERROR_PACKAGES: frozenset[str] = frozenset(
+    {"huggingface_hub", "httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3"}
+)
+
+
+def is_hub_error(error: BaseException) -> bool:
+    """Whether ``error`` comes from the Hub client or its HTTP library (refused token, no network, ...).
+
+    Such a failure is reported as one line with exit code 1, like a missing file.
+    """
+    return any(
+        cls.__module__.split(".")[0] in _HUB_ERROR_PACKAGES
+        for cls in type(error).__mro__
+        if cls is not object
+    )

@@ -321,3 +321,29 @@ def test_check_device_words():
     check_device("cpu")
     with pytest.raises(UsageError, match="--device gpu0: not a device"):
         check_device("gpu0")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["predict", "--model", "m", "x.png", "--out", "o", "--batch-size", "0"],
+        [
+            "predict",
+            "--model",
+            "m",
+            "x.png",
+            "--out",
+            "o",
+            "--offset",
+            "4",
+            "4",
+        ],  # --offset without --instances
+        ["predict", "--model", "m", "x.png", "--out", "o", "--alpha", "2"],
+        ["demo", "--port", "0"],
+    ],
+)
+def test_usage_errors_name_the_command(argv, capsys):
+    """docs/cli.md: every error is one line `pannuke-hf COMMAND: error: ...` (also predict's and demo's own checks)."""
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"pannuke-hf {argv[0]}: error: ") and len(err.splitlines()) == 1, err

@@ -176,7 +176,13 @@ def reference_checkpoint(tmp_path_factory):
 def test_convert_the_reference_checkpoint(reference_checkpoint, tmp_path, capsys):
     path, state = reference_checkpoint
     assert convert_main([str(path), str(tmp_path / "hf"), "--num-labels", "auto"]) == 0
-    assert "28,986,950 parameters" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "28,986,950 parameters" in out
+    # the summary names the classes as every file for people does (label 5 is non-neoplastic)
+    assert (
+        "(background, neoplastic, inflammatory, connective / soft tissue, dead, non-neoplastic epithelial)"
+        in out
+    )
     assert {p.name for p in (tmp_path / "hf").iterdir()} >= {
         "config.json",
         "model.safetensors",

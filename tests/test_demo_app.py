@@ -378,6 +378,23 @@ def test_footer_says_what_the_checkpoint_was_trained_on(tmp_path):
     assert processing.training_data_for("someone/not-cached") is None
 
 
+def test_without_a_card_the_config_record_tells_generated_data(tmp_path):
+    import json
+
+    from pannuke_hf.data.splits import training_data_record
+
+    for synthetic in (True, False):
+        folder = tmp_path / f"cardless-{synthetic}"
+        folder.mkdir()
+        config = {"model_type": "unet_fcn", "training_data": training_data_record("reference", 0, synthetic)}
+        (folder / "config.json").write_text(json.dumps(config))
+        said = processing.training_data_for(folder)
+        if synthetic:  # no card, but train.py's record says generated data: the page must say so
+            assert said is not None and said.generated
+        else:  # raw-format data of unknown origin: nothing is said about the data
+            assert said is None
+
+
 def test_cards_are_read_for_their_training_data():
     from pannuke_hf.training.model_card import render_model_card, training_data_from_card
 

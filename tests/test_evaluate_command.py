@@ -171,3 +171,15 @@ def test_mistyped_model_is_no_such_folder_before_any_data(tmp_path, monkeypatch,
     assert cli_main(["evaluate", "--model", "someone/row1", "--data-dir", str(empty)]) == 1
     err = capsys.readouterr().err
     assert "--model someone/row1: no such folder" in err and "offline" in err
+
+
+def test_nuclei_table_names_classes_by_their_full_names():
+    """The per-class PQ headers people read use the full names (label 5 is non-neoplastic epithelial)."""
+    from pannuke_hf.constants import CLASS_FULL_NAMES, CLASS_NAMES
+    from pannuke_hf.training.evaluation import nuclei_table
+
+    metrics = {"eval_bPQ": 0.5, "eval_mPQ": 0.4, "eval_F1_detection": 0.9}
+    metrics.update({f"eval_PQ_{name}": 0.25 for name in CLASS_NAMES[1:]})
+    header = nuclei_table(metrics).splitlines()[4]
+    assert header == "| " + " | ".join(f"PQ {name} (%)" for name in CLASS_FULL_NAMES[1:]) + " |"
+    assert "PQ non-neoplastic epithelial (%)" in header and "PQ connective / soft tissue (%)" in header

@@ -306,3 +306,20 @@ def test_cli_hub_refusal_is_a_clear_error(hub_server, raw_root, tmp_path, monkey
     assert main(argv + ["--push-to-hub", "tester/pannuke"]) == 1
     assert "cannot create 'tester/pannuke'" in capsys.readouterr().err
     assert ("dataset", "tester/pannuke") not in hub_server.repos
+
+
+def test_cli_unreachable_hub_is_a_one_line_error(hub_server, raw_root, tmp_path, monkeypatch, capsys):
+    """No network (connection refused) gives exit status 1 and one line, not httpx's traceback."""
+    import huggingface_hub.hf_api
+    from huggingface_hub import constants
+
+    from pannuke_hf.commands.export import main
+
+    closed = "http://127.0.0.1:9"  # the discard port: nothing listens, the connection is refused
+    monkeypatch.setattr(constants, "ENDPOINT", closed)
+    monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", closed)
+    argv = ["--data-dir", str(raw_root), "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "b")]
+    assert main(argv + ["--push-to-hub", "tester/pannuke"]) == 1
+    err = capsys.readouterr().err
+    assert "pannuke-hf export: error: cannot create 'tester/pannuke' on the Hub" in err
+    assert "Traceback" not in err and len([line for line in err.splitlines() if "error" in line]) == 1

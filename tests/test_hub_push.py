@@ -255,3 +255,19 @@ def test_saved_checkpoint_loads_with_every_auto_class_without_pannuke_hf(tmp_pat
     done = run_without_pannuke_hf(REMOTE_LOAD_SCRIPT, tmp_path, args=(str(folder), str(expected_path)))
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert "REMOTE-CODE-OK transformers_modules." in done.stdout, done.stdout
+
+
+def test_unreachable_hub_is_a_one_line_error(hub_server, raw_root, tmp_path, monkeypatch, capsys):
+    """``--push_to_hub`` without a reachable Hub: exit status 1 and one line, not httpx's traceback."""
+    import huggingface_hub.hf_api
+    from huggingface_hub import constants
+
+    from pannuke_hf.training.run import main
+
+    closed = "http://127.0.0.1:9"  # the discard port: nothing listens, the connection is refused
+    monkeypatch.setattr(constants, "ENDPOINT", closed)
+    monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", closed)
+    monkeypatch.delenv("PANNUKE_HF_TRACEBACK", raising=False)
+    assert main(tiny_argv(raw_root, tmp_path / "run")) == 1
+    err = capsys.readouterr().err
+    assert "error: the Hugging Face Hub:" in err and "Traceback" not in err

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from test_slide import OracleModel, plain_processor
 
 SLIDE_KWARGS = dict(region_size=256, margin=48, workers=0, postprocess_workers=0, threads=1, progress=False)
@@ -147,7 +146,9 @@ def test_a_failing_slide_is_listed_and_the_others_finish(cohort, tmp_path, monke
         assert row["tissue_mm2"] == pytest.approx(summary["tissue_mm2"]) and row["tissue_mm2"] > 0
         assert row["nuclei_per_mm2"] == pytest.approx(summary["nuclei"] / summary["tissue_mm2"])
         per_class = [row[c] for c in row if c.startswith("nuclei_") and c != "nuclei_per_mm2"]
-        assert sum(per_class) == row["nuclei"] and row["nuclei_neoplastic"] == row["nuclei"]  # the oracle's class
+        assert (
+            sum(per_class) == row["nuclei"] and row["nuclei_neoplastic"] == row["nuclei"]
+        )  # the oracle's class
         assert row["seconds"] > 0 and row["error"] is None
         assert int(lines[["a", "b"].index(name)]["nuclei"]) == row["nuclei"]
     assert table[2]["error"] == broken["error"] and lines[2]["status"] == "failed"
@@ -162,7 +163,9 @@ def test_a_failing_slide_is_listed_and_the_others_finish(cohort, tmp_path, monke
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("[ab]*")} == before
     # skipped rows carry the figures of the run that finished them
     for old, new in zip(rows[:2], again[:2]):
-        assert {k: v for k, v in old.items() if k != "status"} == {k: v for k, v in new.items() if k != "status"}
+        assert {k: v for k, v in old.items() if k != "status"} == {
+            k: v for k, v in new.items() if k != "status"
+        }
 
 
 def test_a_partial_slide_resumes_from_its_parts(cohort, tmp_path, monkeypatch):
@@ -170,15 +173,20 @@ def test_a_partial_slide_resumes_from_its_parts(cohort, tmp_path, monkeypatch):
     from pannuke_hf.slides.pipeline import segment_slide
 
     kwargs = dict(SLIDE_KWARGS, chunk_regions=1)
-    whole = segment_cohort([cohort / "a.tiff"], OracleModel(), plain_processor(), out_dir=tmp_path / "whole", **kwargs)
+    whole = segment_cohort(
+        [cohort / "a.tiff"], OracleModel(), plain_processor(), out_dir=tmp_path / "whole", **kwargs
+    )
     # an earlier run stopped after two of the slide's chunks
     partial = segment_slide(cohort / "a.tiff", OracleModel(), plain_processor(), out_dir=tmp_path / "resumed",
                             max_chunks=2, **kwargs)  # fmt: skip
     assert partial["status"] == "partial"
+    assert not (tmp_path / "whole" / "cohort_summary.csv").exists()  # one slide file: no cohort table
     chunks = partial["tiling"]["chunks"]
     assert chunks > 2
     _, parts = _calls(monkeypatch)
-    resumed = segment_cohort([cohort / "a.tiff"], OracleModel(), plain_processor(), out_dir=tmp_path / "resumed", **kwargs)
+    resumed = segment_cohort(
+        [cohort / "a.tiff"], OracleModel(), plain_processor(), out_dir=tmp_path / "resumed", **kwargs
+    )
     assert resumed[0]["status"] == "done" and resumed[0]["nuclei"] == whole[0]["nuclei"]
     assert sorted(parts) == list(range(2, chunks))  # only the chunks the first run had not done
     for name in ("a_cells.parquet", "a.geojson.gz", "a_thumbnail.png"):

@@ -14,13 +14,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from test_slide import OracleModel, plain_processor
 
 TESTS = Path(__file__).resolve().parent
 SLIDE_KWARGS = dict(region_size=192, margin=48, chunk_regions=2, workers=0, postprocess_workers=0, threads=1)
-#: Summary fields that are timings (they differ between any two runs).
-RUN_FIELDS = ("seconds", "tiles_per_second", "seconds_per_mm2")
+#: Summary fields of the run rather than the slide: timings, and the windows this process ran.
+RUN_FIELDS = ("seconds", "tiles_per_second", "seconds_per_mm2", "windows_this_run")
 OUTPUTS = ("_cells.parquet", ".geojson.gz", "_thumbnail.png")
 
 # What every process runs: the cohort API with the oracle model; env variables plant failures.
@@ -49,6 +48,7 @@ CHILD = textwrap.dedent(
 
     pipeline.write_part = write_part
     kwargs = json.loads(os.environ["SLIDE_KWARGS"])
+    kwargs["shard"] = os.environ.get("SHARD", "chunks")
     rows = segment_cohort(sys.argv[2:], OracleModel(), plain_processor(), out_dir=sys.argv[1], processes=processes,
                           progress=False, **kwargs)
     with open(os.path.join(marker, f"rows{rank}.json"), "w") as fh:
@@ -80,7 +80,9 @@ def launch(tmp_path, out, sources, marker, **env) -> subprocess.CompletedProcess
 def one_process(slide, out):
     from pannuke_hf.slides.cohort import segment_cohort
 
-    return segment_cohort([slide], OracleModel(), plain_processor(), out_dir=out, progress=False, **SLIDE_KWARGS)
+    return segment_cohort(
+        [slide], OracleModel(), plain_processor(), out_dir=out, progress=False, **SLIDE_KWARGS
+    )
 
 
 def assert_same_outputs(a: Path, b: Path, name: str) -> None:
@@ -88,7 +90,9 @@ def assert_same_outputs(a: Path, b: Path, name: str) -> None:
     for suffix in OUTPUTS:
         assert (a / f"{name}{suffix}").read_bytes() == (b / f"{name}{suffix}").read_bytes(), suffix
     sa, sb = (json.loads((d / f"{name}_summary.json").read_text()) for d in (a, b))
-    assert {k: v for k, v in sa.items() if k not in RUN_FIELDS} == {k: v for k, v in sb.items() if k not in RUN_FIELDS}
+    assert {k: v for k, v in sa.items() if k not in RUN_FIELDS} == {
+        k: v for k, v in sb.items() if k not in RUN_FIELDS
+    }
     assert not (b / f"{name}.parts").exists()
 
 
@@ -156,6 +160,26 @@ def test_two_processes_write_what_one_process_writes(slides, tmp_path):
 
 
 @pytest.mark.slow
+def test_shard_slides_gives_each_process_whole_slides(slides, tmp_path):
+    single = tmp_path / "single"
+    for name in ("s.tiff", "t.tiff"):
+        one_process(slides / name, single)
+    done = launch(
+        tmp_path, tmp_path / "two", [slides / "s.tiff", slides / "t.tiff"], tmp_path / "m", SHARD="slides"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    # slide i to process i mod 2, whole
+    for rank, name in ((0, "s"), (1, "t")):
+        lines = [line for line in (tmp_path / "m" / f"rank{rank}.txt").read_text().split("\n") if line]
+        assert lines and {line.split()[0] for line in lines} == {name}
+        assert_same_outputs(single, tmp_path / "two", name)
+    results = [json.loads((tmp_path / "m" / f"rows{r}.json").read_text())["rows"] for r in (0, 1)]
+    assert results[0] == results[1] and [r["status"] for r in results[0]] == ["done", "done"]
+    lines = (tmp_path / "two" / "cohort_summary.csv").read_text().splitlines()
+    assert [line.split(",")[1] for line in lines[1:]] == ["s", "t"]
+
+
+@pytest.mark.slow
 def test_a_killed_process_leaves_parts_a_rerun_finishes(slides, tmp_path):
     one_process(slides / "s.tiff", tmp_path / "single")
     out = tmp_path / "two"
@@ -163,7 +187,9 @@ def test_a_killed_process_leaves_parts_a_rerun_finishes(slides, tmp_path):
     assert killed.returncode != 0
     assert not (out / "s_summary.json").exists() and not (out / "s_cells.parquet").exists()
     left = sorted(int(p.stem.split("-")[1]) for p in (out / "s.parts").glob("part-*.json"))
-    by_rank1 = [int(line.split()[1]) for line in (tmp_path / "m1" / "rank1.txt").read_text().split("\n") if line]
+    by_rank1 = [
+        int(line.split()[1]) for line in (tmp_path / "m1" / "rank1.txt").read_text().split("\n") if line
+    ]
     assert len(by_rank1) == 1 and by_rank1[0] in left  # its one part survived the kill
     total = json.loads((tmp_path / "single" / "s_summary.json").read_text())["tiling"]["chunks"]
     assert len(left) < total

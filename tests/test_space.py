@@ -169,7 +169,9 @@ def test_push_failure_is_a_message(hub_server, hub_model, tmp_path, capsys):
     out = tmp_path / "space"
     assert main([str(out), "--model", hub_model, "--push-to-hub", SPACE_ID, "--token", "hf_wrong"]) == 1
     err = capsys.readouterr().err
-    assert f"pushing to the Space {SPACE_ID!r} failed" in err and "Traceback" not in err
+    assert (
+        f"pannuke-hf space: error: pushing to the Space {SPACE_ID!r} failed" in err and "Traceback" not in err
+    )
     assert ("space", SPACE_ID) not in hub_server.repos
 
 

@@ -140,7 +140,7 @@ def test_table_layout_and_names():
     assert stats.pixels.tolist() == [14, 1, 0, 0, 2, 0] and stats.ignored_pixels == 15
     table = statistics_table({"x": stats, "y": class_statistics(_label_dataset([a]))})
     lines = table.splitlines()
-    assert lines[0] == "| Label | Class Name | Num. x | Pct. x | Num. y | Pct. y |"
+    assert lines[0] == "| Label | Class Name | Num. x | Pct. x (%) | Num. y | Pct. y (%) |"
     assert lines[2] == "| 0 | background | 1 | 43.75 | 1 | 87.50 |"
     assert lines[6] == "| 4 | dead | 1 | 6.25 | 1 | 12.50 |"
     assert lines[8] == "| 255 | ignored (void) | 1 | 46.88 | 0 | 0.00 |"

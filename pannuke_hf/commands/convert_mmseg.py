@@ -59,10 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ConversionError as error:
         return fail("pannuke-hf convert-mmseg", error)
+    from ..constants import full_class_name
+
     config = model.config
     parameters = sum(p.numel() for p in model.parameters())
+    names = ", ".join(full_class_name(name) for name in config.id2label.values())  # as people read them
     print(
-        f"wrote {args.output_dir}: {config.num_labels} labels ({', '.join(config.id2label.values())}), "
+        f"wrote {args.output_dir}: {config.num_labels} labels ({names}), "
         f"auxiliary head: {'yes' if config.use_auxiliary_head else 'no'}, {parameters:,} parameters, "
         f"{len(model.state_dict())} tensors"
     )

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``pannuke-hf demo``; returns 1 when no model can be loaded, 2 on bad arguments."""
     args = build_parser().parse_args(argv)
     if not 0 < args.port < 65536:
-        print(f"error: --port must be in 1..65535, got {args.port}", file=sys.stderr)
+        print(f"pannuke-hf demo: error: --port must be in 1..65535, got {args.port}", file=sys.stderr)
         return 2
     try:  # before any work: the device, and a folder that does not exist and is no Hub model
         check_device(args.device)
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     except DemoModelError as err:
         return fail("pannuke-hf demo", err)
     if importlib.util.find_spec("gradio") is None:
-        print('error: the demo needs gradio: pip install -e ".[demo]"', file=sys.stderr)
+        print('pannuke-hf demo: error: the demo needs gradio: pip install -e ".[demo]"', file=sys.stderr)
         return 1
     from ..demo.app import build_app, launch
 
@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         launch(app, port=args.port)
     except OSError as err:  # port in use
-        print(f"error: cannot start the server on 127.0.0.1:{args.port}: {err}", file=sys.stderr)
+        print(
+            f"pannuke-hf demo: error: cannot start the server on 127.0.0.1:{args.port}: {err}",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         pass

@@ -81,8 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         return fail(parser.prog, err)
 
-    from huggingface_hub.errors import HfHubHTTPError
-
     from ..data.export import build_folds, create_dataset_repo, export_dataset, push_export
     from ..data.raw import PanNukeDataError
 
@@ -99,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             # Create the repository first: the card then shows its full id ("user/name").
             try:
                 repo_id = create_dataset_repo(args.push_to_hub, private=args.private).repo_id
-            except HfHubHTTPError as err:
+            except Exception as err:  # noqa: BLE001 - HTTP, auth and network errors (httpx's are no OSError)
                 return fail(parser.prog, OSError(f"cannot create {args.push_to_hub!r} on the Hub: {err}"))
         result = export_dataset(
             folds,
@@ -118,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if repo_id is not None:
         try:
             commit = push_export(result.out_dir, repo_id, private=args.private)
-        except HfHubHTTPError as err:
+        except Exception as err:  # noqa: BLE001 - HTTP, auth and network errors (httpx's are no OSError)
             return fail(parser.prog, OSError(f"upload to {repo_id!r} failed: {err}"))
         print(f"\nPushed to {commit.repo_url} (commit {commit.oid[:8]}); load it with")
         print(f'    datasets.load_dataset("{repo_id}")')

@@ -46,6 +46,9 @@ from PIL import Image
 from ..models.loading import load_model  # light: imports torch / transformers only when called
 from ._common import EXIT_FAILURE, EXIT_USAGE, InputError, UsageError, check_device, check_model_source, fail
 
+#: How errors name the command (``pannuke-hf predict: error: ...``, as every command's).
+PROG = "pannuke-hf predict"
+
 #: File extensions collected from folders (lower case).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -293,7 +296,7 @@ def predict_release(
     try:
         shape = write_release_array(args.out, predictions(), num_images=count)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{PROG}: error: {err}", file=sys.stderr)
         args.out.unlink(missing_ok=True)
         return 1
     finally:
@@ -332,20 +335,22 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``pannuke-hf predict``; returns 0 when every input was processed, 1 otherwise."""
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
-        print("error: --batch-size must be >= 1", file=sys.stderr)
+        print(f"{PROG}: error: --batch-size must be >= 1", file=sys.stderr)
         return 2
     if not 0.0 <= args.alpha <= 1.0:
-        print("error: --alpha must be in [0, 1]", file=sys.stderr)
+        print(f"{PROG}: error: --alpha must be in [0, 1]", file=sys.stderr)
         return 2
     from ..constants import PATCH_SIZE
 
     tile = PATCH_SIZE if args.tile_size is None else args.tile_size
     if tile < 1 or (args.overlap is not None and not 0 <= args.overlap < tile):
-        print(f"error: need --tile-size >= 1 and 0 <= --overlap < tile size ({tile})", file=sys.stderr)
+        print(
+            f"{PROG}: error: need --tile-size >= 1 and 0 <= --overlap < tile size ({tile})", file=sys.stderr
+        )
         return 2
     usage = _check_instance_options(args)
     if usage:
-        print(f"error: {usage}", file=sys.stderr)
+        print(f"{PROG}: error: {usage}", file=sys.stderr)
         return 2
 
     try:  # the device and the model before any work (pannuke_hf.commands._common)
@@ -374,31 +379,34 @@ def main(argv: list[str] | None = None) -> int:
         files, missing = collect_inputs(args.inputs)
     failures = 0
     for raw, reason in missing:
-        print(f"error: {raw}: {reason}", file=sys.stderr)
+        print(f"{PROG}: error: {raw}: {reason}", file=sys.stderr)
         failures += 1
     if not files and fold_images is None:
-        print("error: no images to process", file=sys.stderr)
+        print(f"{PROG}: error: no images to process", file=sys.stderr)
         return 1
     if args.offset is not None and len(files) + len(missing) != 1:
         print(
-            f"error: --offset places one region in its slide: give one image, got {len(files) + len(missing)}",
+            f"{PROG}: error: --offset places one region in its slide: give one image, got {len(files) + len(missing)}",
             file=sys.stderr,
         )
         return 2
     if args.format == "pannuke" and failures:
-        print("error: --format pannuke needs every input (the array is indexed by input)", file=sys.stderr)
+        print(
+            f"{PROG}: error: --format pannuke needs every input (the array is indexed by input)",
+            file=sys.stderr,
+        )
         return 1
 
     try:
         model, processor = load_model(args.model, args.device)
     except (OSError, ValueError, RuntimeError) as err:
-        print(f"error: cannot load the model {args.model!r}: {err}", file=sys.stderr)
+        print(f"{PROG}: error: cannot load the model {args.model!r}: {err}", file=sys.stderr)
         return EXIT_FAILURE
     num_labels = int(getattr(model.config, "num_labels", NUM_LABELS))
     microns_per_pixel = resolve_pixel_size(args, model, processor)
     if args.overlap is not None and args.tile_size is not None and not args.overlap < args.tile_size:
         print(
-            f"error: --overlap must be < the tile size ({args.tile_size} at --mpp {args.mpp})",
+            f"{PROG}: error: --overlap must be < the tile size ({args.tile_size} at --mpp {args.mpp})",
             file=sys.stderr,
         )
         return 2
@@ -421,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 rgb = read_image(path, channels=channels)
             except ValueError as err:
-                progress.write(f"error: {err}", file=sys.stderr)
+                progress.write(f"{PROG}: error: {err}", file=sys.stderr)
                 failures += 1
                 progress.update(1)
                 continue

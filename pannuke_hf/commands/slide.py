@@ -1,10 +1,14 @@
-"""``pannuke-hf slide SLIDE [SLIDE ...] --model M --out DIR``: every nucleus of whole slides.
+"""``pannuke-hf slide SOURCE [SOURCE ...] --model M --out DIR``: every nucleus of whole slides.
 
-Per slide ``NAME`` (the file name without extension), in ``--out``: ``NAME.geojson.gz`` (QuPath
-detections), ``NAME_cells.parquet`` (one row per nucleus), ``NAME_summary.json``,
-``NAME_thumbnail.png``. A slide whose summary exists is skipped; an interrupted slide resumes
-from its finished chunks (``NAME.parts/``). Exit codes: 0 every slide done, 1 a slide failed
-(the others still run), 2 the command line cannot be used.
+A source is a slide file, a folder of slides, a glob or a CSV of slides
+(:func:`pannuke_hf.slides.cohort.resolve_sources`). Per slide ``NAME`` (the file name without
+extension), in ``--out``: ``NAME.geojson.gz`` (QuPath detections), ``NAME_cells.parquet`` (one
+row per nucleus), ``NAME_summary.json``, ``NAME_thumbnail.png``; for the whole run
+``cohort_summary.parquet`` / ``.csv`` (one row per slide). A slide whose summary exists is
+skipped; an interrupted slide resumes from its finished chunks (``NAME.parts/``). Under
+``torchrun`` / ``accelerate launch`` the work is shared between the processes
+(:mod:`pannuke_hf.slides.distributed`). Exit codes: 0 every slide done, 1 a slide failed (the
+others still run) or the sources name no slide, 2 the command line cannot be used.
 """
 
 from __future__ import annotations
@@ -14,7 +18,16 @@ import os
 import sys
 from pathlib import Path
 
-from ._common import EXIT_FAILURE, EXIT_OK, InputError, UsageError, check_device, check_model_source, fail
+from ._common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    InputError,
+    UsageError,
+    check_device,
+    check_model_source,
+    error,
+    fail,
+)
 
 PROG = "pannuke-hf slide"
 
@@ -25,7 +38,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Segment and classify every nucleus of whole-slide images (OpenSlide formats, "
         "pyramidal/OME TIFF, PNG/JPEG) in bounded memory; outputs for QuPath, pandas and the like.",
     )
-    p.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files")
+    p.add_argument(
+        "slides", nargs="+", metavar="SOURCE",
+        help="slide files, folders of slides, globs ('cohort/*.svs', quoted) or CSV files with a 'slide' column "
+        "(optional 'name', 'mpp')",
+    )  # fmt: skip
     p.add_argument("--model", required=True, help="checkpoint folder or Hub id")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument(
@@ -77,7 +94,17 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto: bf16 + channels_last on CUDA, fp32 on the CPU",
     )
+    p.add_argument(
+        "--threads", type=int, default=None,
+        help="torch CPU threads of each process's forward passes (default: the cores the readers and post-processing "
+        "leave; results can differ in the last bits with the thread count)",
+    )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--shard", choices=("chunks", "slides"), default="chunks",
+        help="under torchrun / accelerate launch: share each slide's chunks between the processes (default), "
+        "or give each process whole slides (cohorts of many more slides than processes)",
+    )  # fmt: skip
     return p
 
 
@@ -95,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     for option, value in (("--batch-size", args.batch_size), ("--region-size", args.region_size)):
         if value < 1:
             parser.error(f"{option} must be >= 1, got {value}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
     if args.margin < 0:
         parser.error(f"--margin must be >= 0, got {args.margin}")
     if args.mpp is not None and not args.mpp > 0:
@@ -108,70 +137,94 @@ def main(argv: list[str] | None = None) -> int:
         return fail(PROG, err, 2)  # one line naming the option (no usage block)
     except InputError as err:
         return fail(PROG, err)
-    readers, post = default_workers()
+    from ..slides.distributed import init_processes
+
+    processes = init_processes(args.device)
+    try:
+        return _run(args, processes)
+    finally:
+        processes.close()
+
+
+def _run(args: argparse.Namespace, processes) -> int:
+    """Load the model on this process's device, segment the cohort, report each slide."""
+    # the cores of this machine are shared by the processes the launcher started on it
+    per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if processes.distributed else 1
+    cpus = max(1, (os.cpu_count() or 2) // per_machine)
+    readers, post = default_workers(cpus)
     readers = readers if args.workers is None else args.workers
     post = post if args.postprocess_workers is None else args.postprocess_workers
 
     from ..models.loading import load_model
-    from ..slides.pipeline import segment_slide
-    from ..slides.reading import SlideError
-    from ..slides.tiling import prepare_model
-    from ..slides.writing import output_paths, slide_name
+    from ..slides.cohort import SourceError, segment_cohort
+    from ..slides.tiling import RegionGrid, prepare_model
 
     try:
-        model, processor = load_model(args.model, args.device)
+        model, processor = load_model(args.model, processes.device)
     except (OSError, ValueError) as err:
         return fail(PROG, f"--model {args.model}: {str(err).splitlines()[0]}")
+    try:  # window options that cannot work, before any slide (exit 2)
+        RegionGrid.build(1, 1, processor, model, args.tile_size, args.overlap, args.region_size, args.margin)
+    except ValueError as err:
+        return fail(PROG, err, 2)
     model = prepare_model(model, precision=args.precision)
     # on the CPU, the forward passes get the cores the readers and post-processing leave
-    threads = (
-        None
-        if next(model.parameters()).device.type == "cuda"
-        else max(1, (os.cpu_count() or 2) - readers - post)
-    )
-    status = EXIT_OK
-    for slide in args.slides:
-        name = slide_name(slide)
-        if output_paths(args.out, name)["summary"].is_file():
+    threads = None if next(model.parameters()).device.type == "cuda" else max(1, cpus - readers - post)
+    if args.threads is not None:
+        threads = args.threads
+
+    def show(row: dict, summary: dict | None) -> None:
+        slide, name = row["slide"], row["name"]
+        if row["status"] == "failed":
+            error(PROG, row["error"])
+        elif row["status"] == "skipped":
             print(f"{slide}: done before ({name}_summary.json exists), skipped", file=sys.stderr)
-            continue
-        try:
-            summary = segment_slide(
-                slide,
-                model,
-                processor,
-                out_dir=args.out,
-                name=name,
-                mpp=args.mpp,
-                tissue_mask=args.tissue_mask,
-                reader=args.reader,
-                tile_size=args.tile_size,
-                overlap=args.overlap,
-                region_size=args.region_size,
-                margin=args.margin,
-                batch_size=args.batch_size,
-                workers=readers,
-                postprocess_workers=post,
-                min_size=args.min_size,
-                threads=threads,
-                geojson_gzip=not args.plain_geojson,
-                progress=not args.no_progress,
-            )
-        except SlideError as err:
-            fail(PROG, err)
-            status = EXIT_FAILURE
-            continue
-        except ValueError as err:  # e.g. --overlap not below the tile size
-            return fail(PROG, err, 2)
-        if summary.get("regions_failed"):
+        elif row["status"] == "partial":
+            print(f"warning: {slide}: not finished (run again to resume)", file=sys.stderr)
+        else:
+            if summary.get("regions_failed"):
+                print(
+                    f"warning: {slide}: {summary['regions_failed']} region(s) had unreadable parts, skipped "
+                    f"(at most {summary['failed_area_mm2']:.3f} mm²; listed in {name}_summary.json)",
+                    file=sys.stderr,
+                )
+            if summary.get("note"):
+                print(f"warning: {slide}: {summary['note']}", file=sys.stderr)
             print(
-                f"warning: {slide}: {summary['regions_failed']} region(s) could not be read and were skipped "
-                f"(~{summary['failed_area_mm2']:.3f} mm²; listed in {name}_summary.json)",
-                file=sys.stderr,
+                f"{slide}: {summary['nuclei']} nuclei in {summary['tissue_mm2']:.2f} mm² of tissue -> {args.out}/{name}*"
             )
-        if summary.get("note"):
-            print(f"warning: {slide}: {summary['note']}", file=sys.stderr)
-        print(
-            f"{slide}: {summary['nuclei']} nuclei in {summary['tissue_mm2']:.2f} mm² of tissue -> {args.out}/{name}*"
+
+    try:
+        rows = segment_cohort(
+            args.slides,
+            model,
+            processor,
+            out_dir=args.out,
+            processes=processes,
+            shard=args.shard,
+            mpp=args.mpp,
+            geojson_gzip=not args.plain_geojson,
+            progress=not args.no_progress,
+            on_slide=show,
+            tissue_mask=args.tissue_mask,
+            reader=args.reader,
+            tile_size=args.tile_size,
+            overlap=args.overlap,
+            region_size=args.region_size,
+            margin=args.margin,
+            batch_size=args.batch_size,
+            workers=readers,
+            postprocess_workers=post,
+            min_size=args.min_size,
+            threads=threads,
         )
-    return status
+    except SourceError as err:
+        return fail(PROG, err)
+    if processes.is_main and len(rows) > 1:
+        counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed", "partial")}
+        print(
+            f"{len(rows)} slides: "
+            + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+            + f" -> {args.out}/cohort_summary.parquet, .csv"
+        )
+    return EXIT_FAILURE if any(r["status"] in ("failed", "partial") for r in rows) else EXIT_OK

@@ -202,7 +202,8 @@ and downloads of the label map, the per-nucleus CSV and a GeoJSON for QuPath.
 - Model: {model_line}, a UNet-FCN that works at 40x (0.25 µm per pixel); choose
   20x for images scanned at 0.5 µm per pixel.{trained_line}
 - Images up to {side:,} x {side:,} pixels (sides up to {MAX_SIDE:,}) are accepted; larger ones
-  are refused with a message (use `pannuke-hf predict` for whole slides).
+  are refused with a message (use `pannuke-hf predict` for larger images, `pannuke-hf slide` for
+  whole slides).
 - A research demo, not a diagnostic tool.
 {licence_section}
 ## Citation
@@ -347,8 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     written) or a failed push."""
     args = build_parser().parse_args(argv)
     if importlib.util.find_spec("gradio") is None:  # its version goes into the card
-        print('error: writing a Space needs gradio: pip install -e ".[demo]"', file=sys.stderr)
-        return 1
+        return fail("pannuke-hf space", InputError('writing a Space needs gradio: pip install -e ".[demo]"'))
     try:
         out = write_space(args.out, args.model, args.title, token=args.token)
     except (FileNotFoundError, InputError) as err:
@@ -357,9 +357,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.push_to_hub:
         try:
             url = push_space(out, args.push_to_hub, private=args.private, token=args.token)
-        except Exception as err:  # HTTP and auth errors of huggingface_hub, shown without a traceback
-            print(f"error: pushing to the Space {args.push_to_hub!r} failed: {err}", file=sys.stderr)
-            return 1
+        except Exception as err:  # noqa: BLE001 - HTTP, auth and network errors of huggingface_hub
+            return fail(
+                "pannuke-hf space", OSError(f"pushing to the Space {args.push_to_hub!r} failed: {err}")
+            )
         print(f"pushed to {url}")
     return 0
 

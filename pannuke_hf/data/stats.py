@@ -1,6 +1,6 @@
 """Class statistics of a split: per class, the images containing it and its share of pixels.
 
-This is the reference project's statistics table (one ``Num.`` and one ``Pct.`` column per
+This is the reference project's statistics table (one ``Num.`` and one ``Pct. (%)`` column per
 split), with the correct class names. It is computed in one streaming pass over the
 ``semantic_mask`` column: one label map in memory at a time, for map-style and streaming
 (``IterableDataset``) splits alike.
@@ -112,12 +112,12 @@ def statistics_table(stats: Mapping[str, ClassStatistics], digits: int = 2) -> s
 
     Returns:
         A Markdown table: one row per label (value and correct name), and per split the
-        number of images containing the label (``Num.``) and its percent of pixels (``Pct.``).
+        number of images containing the label (``Num.``) and its percent of pixels (``Pct. ... (%)``).
         An extra ``ignored (255)`` row appears when a split has ignored pixels.
     """
     header = ["Label", "Class Name"]
     for split in stats:
-        header += [f"Num. {split}", f"Pct. {split}"]
+        header += [f"Num. {split}", f"Pct. {split} (%)"]
     lines = [
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["--:", ":--"] + ["--:"] * (2 * len(stats))) + "|",

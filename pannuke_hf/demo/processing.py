@@ -198,16 +198,27 @@ def model_card_text(model: str | Path) -> str | None:
 
 
 def training_data_for(model: str | Path) -> Any:
-    """What a checkpoint was trained on, as its model card says (:func:`model_card_text`).
+    """What a checkpoint was trained on, as its model card says (:func:`model_card_text`), else its config.
 
     Returns:
         a :class:`pannuke_hf.training.model_card.TrainingData`, or None when the card is missing
         or names no data: the page then says nothing about the data.
     """
-    from ..training.model_card import training_data_from_card
+    from ..training.model_card import TrainingData, training_data_from_card
 
     text = model_card_text(model)
-    return None if text is None else training_data_from_card(text)
+    said = None if text is None else training_data_from_card(text)
+    if said is not None:
+        return said
+    # No card (or one that names no data): the config's record of a ``train.py`` run still tells
+    # generated data apart; it cannot tell PanNuke from other data in the raw format, so only
+    # "generated" is said from it.
+    from ..data.splits import read_training_record
+
+    record = read_training_record(model)
+    if record is not None and record.get("synthetic_data"):
+        return TrainingData(generated=True)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

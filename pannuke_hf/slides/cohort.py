@@ -183,6 +183,15 @@ def resolve_sources(sources: Iterable[str | os.PathLike]) -> list[SlideSource]:
     return unique
 
 
+def _names_many(source: Any) -> bool:
+    """Whether one source names a cohort (a folder, a glob or a CSV) rather than one slide file."""
+    if isinstance(source, SlideSource):
+        return False
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    return path.is_dir() or path.suffix.lower() == ".csv" or (not path.exists() and _is_glob(text))
+
+
 def _class_columns(model: Any) -> list[tuple[str, str]]:
     """(column, class name in summaries) of each nucleus class of the model, in label order."""
     from ..constants import BACKGROUND_LABEL, full_class_name
@@ -289,6 +298,7 @@ def segment_cohort(
     geojson_gzip: bool = True,
     progress: bool = True,
     on_slide: Callable[[dict[str, Any], dict[str, Any] | None], None] | None = None,
+    table: bool | None = None,
     **slide_kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Segment every slide of a cohort; returns the table's rows (on every process).
@@ -307,6 +317,8 @@ def segment_cohort(
         on_slide: called with each row and the slide's summary (None when it failed) as the slide
             ends, on the process that knows it (process 0 with ``shard="chunks"``, the slide's
             process with ``"slides"``), e.g. to print it.
+        table: write ``cohort_summary.parquet`` / ``.csv``; None: unless ``sources`` is one
+            slide file (a cohort is several sources, or a folder, glob or CSV).
         slide_kwargs: passed to ``segment_slide`` (``region_size``, ``workers``, ...).
 
     Raises:
@@ -324,10 +336,12 @@ def segment_cohort(
         raise ValueError(f"shard must be 'chunks' or 'slides', got {shard!r}")
     procs = processes or Processes()
     # process 0 lists the slides (one listing, even if files appear meanwhile) and tells the others
-    listing: tuple[list[SlideSource] | None, str | None] = (None, None)
+    listing: tuple[list[SlideSource] | None, str | None, bool] = (None, None, True)
     if procs.is_main:
+        given = list(sources)
+        if table is None:
+            table = len(given) != 1 or _names_many(given[0])
         try:
-            given = list(sources)
             listing = (
                 (
                     given
@@ -335,10 +349,11 @@ def segment_cohort(
                     else resolve_sources(given)
                 ),
                 None,
+                table,
             )
         except SourceError as err:
-            listing = (None, str(err))
-    slides, problem = procs.broadcast(listing)
+            listing = (None, str(err), table)
+    slides, problem, table = procs.broadcast(listing)
     if problem:
         raise SourceError(problem)
     check_shared_folder(procs, out_dir)  # writable, and the same folder for every process
@@ -399,12 +414,12 @@ def segment_cohort(
         rows[i] = row
         if procs.is_main or by_slides:
             report(row, summary)
-        if procs.is_main and not by_slides:
+        if table and procs.is_main and not by_slides:
             write_cohort_summary([r for r in rows if r is not None], out_dir, columns)  # so far
     if by_slides:
         gathered = procs.all_gather(rows)
         rows = [next((g[i] for g in gathered if g[i] is not None), None) for i in range(len(slides))]
     final = [r for r in rows if r is not None]
-    if procs.is_main:
+    if table and procs.is_main:
         write_cohort_summary(final, out_dir, columns)
     return final

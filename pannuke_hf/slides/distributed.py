@@ -186,18 +186,16 @@ def check_shared_folder(processes: Processes, folder: str | os.PathLike) -> None
             folder.mkdir(parents=True, exist_ok=True)
             probe.write_text(token)
         except OSError as err:
-            error = f"{folder}: cannot be written ({err.strerror or err})"
+            error = f"{folder}: the output folder cannot be written ({err.strerror or err})"
     error = processes.broadcast(error)
+    if error:
+        raise OSError(error)  # every process: process 0 sent it
     if not processes.distributed:
         probe.unlink(missing_ok=True)
-        if error:
-            raise OSError(error)
         return
     seen = processes.all_gather(error is None and probe.is_file())
     if processes.is_main:
         probe.unlink(missing_ok=True)
-    if error:
-        raise OSError(error)
     blind = [rank for rank, ok in enumerate(seen) if not ok]
     if blind:
         raise OSError(

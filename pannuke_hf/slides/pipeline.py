@@ -12,6 +12,7 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,9 @@ def segment_slide(
     geojson_gzip: bool = True,
     progress: bool = True,
     max_chunks: int | None = None,
+    select_chunks: Callable[[list[int]], set[int]] | None = None,
+    sync: Callable[[], None] | None = None,
+    finish: bool = True,
 ) -> dict[str, Any]:
     """Segment every nucleus of one slide; returns the summary (also written as ``NAME_summary.json``).
 
@@ -139,6 +143,11 @@ def segment_slide(
         progress: show a progress bar (tiles, nuclei, ETA) on stderr.
         max_chunks: stop after this many chunks in this call (tests of resume); the slide is then
             not finished and the summary says ``"status": "partial"``.
+        select_chunks, sync, finish: for processes sharing the slide
+            (:func:`pannuke_hf.slides.distributed.segment_slide_shared` sets them):
+            ``select_chunks(weights)`` gets the tissue regions of every chunk and returns the
+            chunks this process does; ``sync()`` runs once this process's parts are written;
+            ``finish=False`` returns then, leaving the final files to another process.
 
     Raises:
         SlideError: the slide cannot be opened, has no µm/px (and none given), or the output
@@ -155,7 +164,8 @@ def segment_slide(
     paths = output_paths(out_dir, name, geojson_gzip)
     try:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        probe = Path(out_dir) / f".{name}.write-test"
+        # a name of this process's own: processes sharing the slide probe the folder at once
+        probe = Path(out_dir) / f".{name}.{os.getpid()}-{time.monotonic_ns()}.write-test"
         probe.write_text("")
         probe.unlink()
     except OSError as err:
@@ -199,14 +209,19 @@ def segment_slide(
         return tissue.touches(x0 * f, y0 * f, x1 * f, y1 * f)
 
     done = done_chunks(paths["parts"])
-    todo_chunks = [c for c in range(len(chunks)) if c not in done]
+    mine = None
+    if select_chunks is not None:
+        mine = select_chunks([sum(has_tissue(i) for i in chunk) for chunk in chunks])
+    todo_chunks = [c for c in range(len(chunks)) if c not in done and (mine is None or c in mine)]
     if max_chunks is not None:
         todo_chunks = todo_chunks[:max_chunks]
     regions_todo: list[int] = []
     skipped_of: dict[int, int] = {}
+    windows_of: dict[int, int] = {}
     for c in todo_chunks:
         kept = [i for i in chunks[c] if has_tissue(i)]
         skipped_of[c] = len(chunks[c]) - len(kept)
+        windows_of[c] = sum(len(grid.region(i).windows) for i in kept)
         regions_todo += kept
     chunk_of = {i: c for c in todo_chunks for i in chunks[c]}
     remaining = {c: len(chunks[c]) - skipped_of[c] for c in todo_chunks}
@@ -215,6 +230,7 @@ def segment_slide(
         c: {
             "regions": len(chunks[c]),
             "skipped_no_tissue": skipped_of[c],
+            "windows": windows_of[c],
             "failed": [],
             "cut": 0,
             "seconds": {"read": 0.0, "infer": 0.0, "post_process": 0.0, "write": 0.0},
@@ -306,13 +322,31 @@ def segment_slide(
         if regions_todo:
             dataset = RegionDataset(path, reader, plan, grid, regions_todo)
             infer_before = 0.0
+            batch_chunk = None
             for item in region_loader(dataset, workers):
                 c = chunk_of[item["index"]]
+                if c != batch_chunk:
+                    # batches never mix chunks: a window's logits can depend on the batch it ran in,
+                    # so this keeps them the same however chunks are shared out between processes
+                    # or resumed (byte-identical outputs)
+                    if batch_chunk is not None:
+                        submit(predictor.flush())
+                        info_of[batch_chunk]["seconds"]["infer"] += predictor.seconds - infer_before
+                        infer_before = predictor.seconds
+                    batch_chunk = c
                 info_of[c]["seconds"]["read"] += item["seconds"]
                 if item["error"] is not None:
-                    info_of[c]["failed"].append({"region": item["index"], "error": item["error"]})
-                    collect((item["index"], [], 0, 0.0))
-                    continue
+                    info_of[c]["failed"].append(
+                        {
+                            "region": item["index"],
+                            "error": item["error"],
+                            "lost_pixels": item["lost_pixels"],
+                            "unread": item["image"] is None,
+                        }
+                    )
+                    if item["image"] is None:  # nothing of it could be read
+                        collect((item["index"], [], 0, 0.0))
+                        continue
                 finished = predictor.add(grid.region(item["index"]), item["image"])
                 info_of[c]["seconds"]["infer"] += predictor.seconds - infer_before
                 infer_before = predictor.seconds
@@ -329,6 +363,8 @@ def segment_slide(
         if bar is not None:
             bar.close()
 
+    if sync is not None:
+        sync()  # the other processes' parts are written too (or an error is raised)
     all_done = done_chunks(paths["parts"])
     summary: dict[str, Any] = {
         "slide": path,
@@ -351,14 +387,17 @@ def segment_slide(
             "regions": len(grid),
         },
     }
-    if summary["status"] == "partial":
+    if summary["status"] == "partial" or not finish:
         return summary
     # 5. finalize: stream the parts into the outputs
     infos = [all_done[c] for c in range(len(chunks))]
     seconds = {k: sum(i["seconds"][k] for i in infos) for k in ("read", "infer", "post_process", "write")}
     seconds["tissue"] = tissue_seconds
-    regions_done = sum(i["regions"] - i["skipped_no_tissue"] - len(i["failed"]) for i in infos)
     failed = [fail for i in infos for fail in i["failed"]]
+    unread = sum(1 for fail in failed if fail["unread"])
+    regions_done = sum(i["regions"] - i["skipped_no_tissue"] for i in infos) - unread
+    # lost pixels are counted in the regions' read boxes, which overlap: an upper bound
+    lost_mm2 = sum(fail["lost_pixels"] for fail in failed) * (f * plan.slide_mpp / 1000.0) ** 2
     if failed and regions_done == 0:
         # nothing readable (a truncated or corrupt file): no outputs that look complete
         import shutil
@@ -372,7 +411,7 @@ def segment_slide(
         regions_skipped_no_tissue=sum(i["skipped_no_tissue"] for i in infos),
         regions_failed=len(failed),
         failed=failed[:100],
-        failed_area_mm2=len(failed) * (grid.region_size * f * plan.slide_mpp / 1000.0) ** 2,
+        failed_area_mm2=lost_mm2,
         nuclei_cut_by_margin=sum(i["cut"] for i in infos),
         seconds=seconds,
     )
@@ -399,8 +438,10 @@ def segment_slide(
     summary = finalize(paths, len(chunks), plan.slide_mpp, thumb, scale, outline, summary)
     total = time.perf_counter() - start_all
     summary["seconds"]["total_this_run"] = total
-    summary["tiles_per_second"] = (predictor.windows / predictor.seconds) if predictor.seconds > 0 else None
-    summary["windows"] = predictor.windows
+    # over all chunks, whichever process or run did them: the same figure however the slide was shared
+    summary["windows"] = sum(i.get("windows", 0) for i in infos)
+    summary["windows_this_run"] = predictor.windows  # this process, this run (resume, sharing)
+    summary["tiles_per_second"] = summary["windows"] / seconds["infer"] if seconds["infer"] > 0 else None
     summary["seconds_per_mm2"] = total / summary["tissue_mm2"] if summary["tissue_mm2"] > 0 else None
     # rewrite with the totals (the file is small; the other outputs are already in place)
     import json

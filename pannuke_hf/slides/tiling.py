@@ -138,6 +138,8 @@ class RegionGrid:
 # ---------------------------------------------------------------------------------------------
 
 _HANDLES: dict[tuple[int, str], Any] = {}
+#: Side (model pixels) of the blocks a region is read in again after a failed read.
+BLOCK = 128
 
 
 def _handle(path: str, reader: str | None):
@@ -167,21 +169,49 @@ class RegionDataset(torch.utils.data.Dataset):
         start = time.perf_counter()
         region = self.grid.region(self.indices[item])
         x0, y0, x1, y1 = region.read
+        # inside the slide only; windows beyond it (slides smaller than a window) are
+        # reflect-padded exactly as predict_instances pads a small image
+        w, h = min(x1, self.grid.width) - x0, min(y1, self.grid.height) - y0
+        error, lost = None, 0
         try:
-            slide = _handle(self.path, self.reader)
-            # inside the slide only; windows beyond it (slides smaller than a window) are
-            # reflect-padded exactly as predict_instances pads a small image
-            w, h = min(x1, self.grid.width) - x0, min(y1, self.grid.height) - y0
-            image = read_model_region(slide, self.plan, x0, y0, w, h)
-            image = _pad_to(image, y1 - y0, x1 - x0)
-            error = None
+            image = read_model_region(self._slide(), self.plan, x0, y0, w, h)
         except (SlideError, OSError, ValueError) as err:
-            image, error = None, str(err).splitlines()[0]
-            # an OpenSlide handle stays in its error state after a failed read: open a new one
-            stale = _HANDLES.pop((os.getpid(), self.path), None)
-            if stale is not None:
-                stale.close()
-        return {"index": region.index, "image": image, "error": error, "seconds": time.perf_counter() - start}
+            # a corrupt tile: read the region again in blocks, white where a block fails, so
+            # only the unreadable area is lost (and counted), not the whole region
+            error = str(err).splitlines()[0]
+            self._drop()
+            image = np.full((h, w, 3), 255, dtype=np.uint8)
+            step = BLOCK
+            for by in range(0, h, step):
+                for bx in range(0, w, step):
+                    bw, bh = min(step, w - bx), min(step, h - by)
+                    try:
+                        image[by : by + bh, bx : bx + bw] = read_model_region(
+                            self._slide(), self.plan, x0 + bx, y0 + by, bw, bh
+                        )
+                    except (SlideError, OSError, ValueError):
+                        self._drop()
+                        lost += bw * bh
+            if lost == w * h:
+                image = None
+        if image is not None:
+            image = _pad_to(image, y1 - y0, x1 - x0)
+        return {
+            "index": region.index,
+            "image": image,
+            "error": error,
+            "lost_pixels": lost,
+            "seconds": time.perf_counter() - start,
+        }
+
+    def _slide(self):
+        return _handle(self.path, self.reader)
+
+    def _drop(self) -> None:
+        # an OpenSlide handle stays in its error state after a failed read: open a new one
+        stale = _HANDLES.pop((os.getpid(), self.path), None)
+        if stale is not None:
+            stale.close()
 
 
 def _collate(items):

@@ -20,6 +20,7 @@ the work was scheduled. Memory: one chunk's nuclei at a time.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -158,6 +159,13 @@ def done_chunks(parts_dir: Path) -> dict[int, dict[str, Any]]:
     return done
 
 
+def _open_text(path: Path, gzipped: bool):
+    """A text file to write, gzipped without a time stamp: the same nuclei give the same bytes."""
+    if not gzipped:
+        return open(path, "w", encoding="utf-8")
+    return io.TextIOWrapper(gzip.GzipFile(path, "wb", mtime=0), encoding="utf-8")
+
+
 def _iter_parts(parts_dir: Path, chunks: int) -> Iterator[Any]:
     import pyarrow.parquet as pq
 
@@ -211,11 +219,10 @@ def finalize(
     cv2.polylines(thumb, [c.astype(np.int32) for c in tissue_outline], True, (0, 160, 0), 1, cv2.LINE_AA)
     per_class: dict[str, int] = {}
     next_id = 1
-    opener = gzip.open if paths["geojson"].suffix == ".gz" else open
     try:
         with (
             pq.ParquetWriter(cells_partial, schema) as writer,
-            opener(geo_partial, "wt", encoding="utf-8") as geo,
+            _open_text(geo_partial, paths["geojson"].suffix == ".gz") as geo,
         ):
             geo.write('{"type":"FeatureCollection","features":[')
             first = True

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..constants import ID2LABEL, IGNORE_INDEX, NUM_LABELS
+from ..constants import ID2LABEL, IGNORE_INDEX, NUM_LABELS, full_class_name
 from ..metrics import (
     describe_instance_mode,
     make_compute_metrics,
@@ -141,7 +141,7 @@ def nuclei_table(metrics: Mapping[str, Any], prefix: str = "eval_") -> str:
         "|" + "---:|" * len(NUCLEI_TABLE_KEYS),
         "| " + " | ".join(percent(key) for _, key in NUCLEI_TABLE_KEYS) + " |",
         "",
-        "| " + " | ".join(f"PQ {name} (%)" for name in names) + " |",
+        "| " + " | ".join(f"PQ {full_class_name(name)} (%)" for name in names) + " |",
         "|" + "---:|" * len(names),
         "| " + " | ".join(percent(f"PQ_{name}") for name in names) + " |",
     ]

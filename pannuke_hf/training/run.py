@@ -21,7 +21,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..constants import ID2LABEL, NUM_LABELS
 from ..data.splits import training_data_record
-from ..errors import EXIT_FAILURE, EXIT_USAGE, UsageError, traceback_requested
+from ..errors import EXIT_FAILURE, EXIT_USAGE, UsageError, is_hub_error, traceback_requested
 from .arguments import DataArguments, ModelArguments, PanNukeTrainingArguments, parse_arguments
 from .data import (
     AugmentationEpochCallback,
@@ -368,6 +368,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if traceback_requested():
             raise
         print(f"{prog}: error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as error:
+        if traceback_requested() or not is_hub_error(error):
+            raise
+        # --push_to_hub: the Hub refused the repository or cannot be reached (no OSError)
+        print(f"{prog}: error: the Hugging Face Hub: {error}", file=sys.stderr)
         return EXIT_FAILURE
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():

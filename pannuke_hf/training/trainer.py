@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,22 @@ logger = logging.getLogger(__name__)
 
 #: Batch entries used only by the metrics (ground-truth nuclei), never passed to the model.
 METRIC_ONLY_INPUTS: tuple[str, ...] = ("instance_mask", "tissue")
+
+
+@contextlib.contextmanager
+def _keep_last_batch(args: Any) -> Iterator[None]:
+    """``args.dataloader_drop_last`` off for the duration.
+
+    The reference configurations drop the last incomplete *training* batch (fixed batches of 16,
+    one compiled shape), but ``Trainer`` applies the flag to evaluation loaders too, which would
+    leave the last ``len(split) % batch_size`` images of a split unscored, without a word.
+    """
+    drop_last = args.dataloader_drop_last
+    args.dataloader_drop_last = False
+    try:
+        yield
+    finally:
+        args.dataloader_drop_last = drop_last
 
 
 class PanNukeTrainer(Trainer):
@@ -71,6 +88,16 @@ class PanNukeTrainer(Trainer):
         if self.channels_last and isinstance(pixel_values, torch.Tensor) and pixel_values.ndim == 4:
             inputs["pixel_values"] = pixel_values.contiguous(memory_format=torch.channels_last)
         return inputs
+
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> torch.utils.data.DataLoader:
+        """Trainer's loader over every image: ``dataloader_drop_last`` applies to training batches only."""
+        with _keep_last_batch(self.args):
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset: Any) -> torch.utils.data.DataLoader:
+        """Trainer's loader over every image (see :meth:`get_eval_dataloader`)."""
+        with _keep_last_batch(self.args):
+            return super().get_test_dataloader(test_dataset)
 
     def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
         """Trainer's loop, from empty metric state: an interrupted evaluation leaves partial counts."""

@@ -74,6 +74,11 @@ class TiffReader(SlideReader):
                 raise ValueError(
                     f"only 8-bit grey/RGB(A) pyramids are read, got {page.samplesperpixel} x {page.dtype}"
                 )
+        size = os.path.getsize(path)
+        for page in self._pages:
+            ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts) if c]
+            if ends and max(ends) > size:
+                raise ValueError(f"truncated: tiles end at byte {max(ends)}, the file has {size}")
         width0 = self._pages[0].imagewidth
         self.level_dimensions = [(int(p.imagewidth), int(p.imagelength)) for p in self._pages]
         self.level_downsamples = [width0 / float(w) for w, _ in self.level_dimensions]
@@ -93,10 +98,15 @@ class TiffReader(SlideReader):
         with self._lock:
             self._tf.filehandle.seek(offset)
             data = self._tf.filehandle.read(count)
+        if len(data) < count:
+            raise SlideError(f"{self.path}: tile {index} lies beyond the end of the file (truncated)")
         if page.compression == 7:  # JPEG
             if page.jpegtables:  # abbreviated stream: splice the tables in front
                 data = page.jpegtables[:-2] + data[2:]
-            tile = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+            try:
+                tile = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+            except cv2.error:
+                tile = None
             if tile is None:
                 raise SlideError(f"{self.path}: corrupt JPEG tile {index}")
             if tile.ndim == 3 and int(page.photometric) != 2:
@@ -104,7 +114,10 @@ class TiffReader(SlideReader):
             elif tile.ndim == 3:
                 tile = tile[..., ::-1]  # an RGB JPEG: OpenCV still returns BGR order
         else:
-            decoded, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
+            try:
+                decoded, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
+            except Exception as err:  # noqa: BLE001  (codec errors vary by compression)
+                raise SlideError(f"{self.path}: cannot decode tile {index} ({err})") from err
             if decoded is None:
                 raise SlideError(f"{self.path}: cannot decode tile {index}")
             tile = np.asarray(decoded).reshape(decoded.shape[-3:])
