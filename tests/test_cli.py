@@ -202,8 +202,8 @@ USAGE_ERROR: dict[str, list[str]] = {
     "score": ["--pred", "x.npy"],
     "protocol": ["--data-dir", "{t}", "--load_best_model_at_end", "true"],
     "demo": ["--model", "{model}", "--port", "0"],
-    "space": [],
-    "slide": [],
+    "space": ["{t}/space", "--private"],
+    "slide": ["{t}/x.tiff"],
 }
 
 

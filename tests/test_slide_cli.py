@@ -117,6 +117,7 @@ def test_bad_inputs_one_line_each(slide, model_dir, tmp_path, capsys):
     assert code == 1 and (tmp_path / "o5" / "s_summary.json").is_file()
 
 
+@pytest.mark.slow  # ~50 s on two cores: every read box around the broken tile is re-read in blocks
 def test_corrupt_tile_is_skipped_and_reported(slide, model_dir, tmp_path, capsys):
     import tifffile
 

@@ -202,7 +202,7 @@ def test_cli_takes_a_csv_and_exits_1_when_a_slide_failed(cohort, tmp_path, capsy
     tiny_unet_fcn().save_pretrained(model)
     plain_processor().save_pretrained(model)
     table = tmp_path / "cohort.csv"
-    table.write_text(f"slide,name\n{cohort / 'b.tiff'},bee\n{cohort / 'broken.svs'},\n")
+    table.write_text(f"slide,name\n{cohort / 'a.tiff'},bee\n{cohort / 'broken.svs'},\n")
     argv = ["slide", str(table), "--model", str(model), "--out", str(tmp_path / "out"), "--device", "cpu",
             "--region-size", "256", "--margin", "48", "--workers", "0", "--postprocess-workers", "0", "--no-progress"]  # fmt: skip
     assert main(argv) == 1

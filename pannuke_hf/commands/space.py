@@ -346,7 +346,10 @@ def push_space(out: Path, repo_id: str, private: bool = False, token: str | None
 def main(argv: list[str] | None = None) -> int:
     """Run ``pannuke-hf space``; returns 0 on success, 1 on a model that does not exist (nothing is
     written) or a failed push."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.private and not args.push_to_hub:  # a usage error: nothing is checked or written
+        parser.error("--private needs --push-to-hub (it sets the visibility of the pushed Space)")
     if importlib.util.find_spec("gradio") is None:  # its version goes into the card
         return fail("pannuke-hf space", InputError('writing a Space needs gradio: pip install -e ".[demo]"'))
     try:
