@@ -116,27 +116,34 @@ def test_every_level_is_the_classes_exactly(known, tmp_path):
 
 
 def test_one_band_of_nuclei_at_a_time(known, tmp_path, monkeypatch):
-    """Memory: each band rasterises only the nuclei whose box meets it, never the whole table."""
+    """Memory: a band is filled from the nuclei whose box meets it, never the whole table, and in
+    batches of at most BATCH_ROWS, also at coarse levels where one band spans the whole slide."""
     import pyarrow.parquet as pq
 
     from pannuke_hf.slides import label_map
 
     cells, truth = known
-    total = pq.read_metadata(cells).num_rows
-    seen: list[tuple[int, int, int]] = []
+    table = pq.read_table(cells, columns=["id", "bbox_y0", "bbox_y1"])
+    total = table.num_rows
+    y0, y1 = table.column("bbox_y0").to_numpy(), table.column("bbox_y1").to_numpy()
+    given: dict[tuple[int, int], list[int]] = {}
     fill = label_map._fill_band
 
     def spy(band, rows, cols, row0, d, nuclei):
-        if d == 1:
-            y = nuclei.column("bbox_y0").to_numpy(), nuclei.column("bbox_y1").to_numpy()
-            seen.append((row0, nuclei.num_rows, int(((y[1] > row0) & (y[0] < row0 + rows)).sum())))
+        assert nuclei.num_rows <= 40
+        given.setdefault((d, row0), []).extend(nuclei.column("id").to_pylist())
         return fill(band, rows, cols, row0, d, nuclei)
 
     monkeypatch.setattr(label_map, "_fill_band", spy)
+    monkeypatch.setattr(label_map, "BATCH_ROWS", 40)
     label_map.write_label_map(cells, WIDTH, HEIGHT, tmp_path / "k.tiff", tile=32)
-    assert [s[0] for s in seen] == list(range(0, HEIGHT, 32))
-    assert all(n == meets for _, n, meets in seen)  # the band's nuclei, and only them
-    assert max(n for _, n, _ in seen) < total / 3
+    ids = table.column("id").to_numpy()
+    for row0 in range(0, HEIGHT, 32):
+        # level 0: the nuclei meeting the band's rows, each once, in id order
+        meets = ids[(y1 > row0 + 0.5) & (y0 <= row0 + 31.5)].tolist()
+        assert given[(1, row0)] == meets, row0
+        assert len(meets) < total / 3
+    assert given[(64, 0)] == ids.tolist()  # the coarsest band meets every nucleus: 40 at a time
 
 
 @pytest.mark.parametrize(
@@ -188,30 +195,44 @@ def test_bad_table_one_line_nothing_written(fault, message, known, tmp_path):
 
 @pytest.fixture(scope="module")
 def segmented(tmp_path_factory):
-    """A generated slide segmented by the tiny model (several classes)."""
+    """``pannuke-hf slide --label-map`` on a generated slide, with a tiny model (several classes)."""
     from _models import tiny_unet_fcn
     from PIL import Image
 
+    from pannuke_hf.cli import main as cli
     from pannuke_hf.models.unet_fcn import UNetFCNImageProcessor
-    from pannuke_hf.slides import make_synthetic_slide, segment_slide
 
     folder = tmp_path_factory.mktemp("segmented")
+    model = folder / "model"
+    tiny_unet_fcn(1).save_pretrained(model)  # seed 1: fewer holed blobs than 0 (each ring costs a fill)
+    UNetFCNImageProcessor(do_resize=False).save_pretrained(model)
     slide = folder / "s.tiff"
-    make_synthetic_slide(slide, 512, 384, mpp=0.25, seed=1, tissue_fraction=0.9, workers=2, truth=False)
+    make = ["make-synthetic-slide", str(slide), "--size", "512x384", "--tissue-fraction", "0.9", "--no-truth"]
+    assert cli(make) == 0
     Image.fromarray(np.full((4, 4), 255, np.uint8)).save(folder / "all.png")
-    summary = segment_slide(
-        slide,
-        tiny_unet_fcn(1),  # fewer holed blobs than seed 0: each ring costs a fill
-        UNetFCNImageProcessor(do_resize=False),
-        out_dir=folder,
-        tissue_mask=str(folder / "all.png"),
-        region_size=512,
-        workers=0,
-        postprocess_workers=0,
-        progress=False,
-    )
-    assert len(summary["nuclei_per_class"]) >= 3
-    return slide, folder / "s_cells.parquet"
+    out = folder / "out"
+    args = [
+        "slide",
+        str(slide),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--tissue-mask",
+        str(folder / "all.png"),
+    ]
+    args += [
+        "--region-size",
+        "512",
+        "--workers",
+        "0",
+        "--postprocess-workers",
+        "0",
+        "--no-progress",
+        "--label-map",
+    ]
+    assert cli(args) == 0
+    return slide, out
 
 
 def _check_against_cells(label_map: Path, slide: Path, cells: Path) -> None:
@@ -220,10 +241,12 @@ def _check_against_cells(label_map: Path, slide: Path, cells: Path) -> None:
     import pyarrow.parquet as pq
     import shapely
 
+    from pannuke_hf.slides.label_map import label_map_levels
+
     opened = openslide.OpenSlide(slide)
     labels = openslide.OpenSlide(label_map)
     assert labels.dimensions == opened.dimensions
-    assert labels.level_count >= 2
+    assert labels.level_count == len(label_map_levels(*opened.dimensions))  # 1 here: the slide fits a tile
     image = np.asarray(labels.read_region((0, 0), 0, labels.dimensions))[..., 0]
     table = pq.read_table(cells).to_pydict()
     outlines = shapely.from_wkt(np.asarray(table["outline"]))
@@ -248,12 +271,10 @@ def _check_against_cells(label_map: Path, slide: Path, cells: Path) -> None:
     assert set(np.unique(image)) - {0} == set(np.unique(want))
 
 
-def test_label_map_of_a_segmented_slide(segmented, tmp_path):
-    from pannuke_hf.slides.label_map import write_label_map
-
-    slide, cells = segmented
-    import openslide
-
-    width, height = openslide.OpenSlide(slide).dimensions
-    out = write_label_map(cells, width, height, tmp_path / "s_labels.tiff", tile=128)
-    _check_against_cells(out, slide, cells)
+def test_slide_command_writes_the_label_map(segmented):
+    slide, out = segmented
+    summary = json.loads((out / "s_summary.json").read_text())
+    assert len(summary["nuclei_per_class"]) >= 3
+    assert summary["label_map"] == "s_labels.tiff" and summary["seconds"]["label_map"] > 0
+    assert not list(out.glob("*.partial"))
+    _check_against_cells(out / "s_labels.tiff", slide, out / "s_cells.parquet")

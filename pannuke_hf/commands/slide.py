@@ -3,8 +3,8 @@
 A source is a slide file, a folder of slides, a glob or a CSV of slides
 (:func:`pannuke_hf.slides.cohort.resolve_sources`). Per slide ``NAME`` (the file name without
 extension), in ``--out``: ``NAME.geojson.gz`` (QuPath detections), ``NAME_cells.parquet`` (one
-row per nucleus), ``NAME_summary.json``, ``NAME_thumbnail.png``; for the whole run
-``cohort_summary.parquet`` / ``.csv`` (one row per slide). A slide whose summary exists is
+row per nucleus), ``NAME_summary.json``, ``NAME_thumbnail.png``, with ``--label-map`` ``NAME_labels.tiff``; for
+the whole run ``cohort_summary.parquet`` / ``.csv`` (one row per slide). A slide whose summary exists is
 skipped; an interrupted slide resumes from its finished chunks (``NAME.parts/``). Under
 ``torchrun`` / ``accelerate launch`` the work is shared between the processes
 (:mod:`pannuke_hf.slides.distributed`). Exit codes: 0 every slide done, 1 a slide failed (the
@@ -88,6 +88,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--plain-geojson", action="store_true", help="write NAME.geojson instead of NAME.geojson.gz"
     )
+    p.add_argument(
+        "--label-map", action="store_true",
+        help="also write NAME_labels.tiff: the nuclei's classes (0 background, 1-5 as the model's id2label) as a "
+        "pyramidal tiled TIFF at the slide's level-0 size, for QuPath and OpenSlide",
+    )  # fmt: skip
     p.add_argument(
         "--precision",
         choices=("auto", "fp32", "bf16"),
@@ -204,6 +209,7 @@ def _run(args: argparse.Namespace, processes) -> int:
             shard=args.shard,
             mpp=args.mpp,
             geojson_gzip=not args.plain_geojson,
+            label_map=args.label_map,
             progress=not args.no_progress,
             on_slide=show,
             tissue_mask=args.tissue_mask,

@@ -23,11 +23,12 @@ is ever held whole. Where nuclei overlap (neighbouring regions of the slide are 
 apart), the later row (higher ``id``) wins.
 
 Memory does not grow with the slide: the map is written tile by tile from one band of tile rows
-at a time (``tile`` rows x the level's width, uint8), holding only the nuclei whose bounding box
-meets the band, read with a filter on the bounding-box columns (Parquet row-group statistics
-let whole row groups be skipped; the pipeline writes one per chunk of regions). A first pass
-over the small columns checks the table before anything is written. The file is written under a
-``.partial`` name and renamed into place when complete.
+at a time (``tile`` rows x the level's width, uint8). A band is filled from the nuclei whose
+bounding box meets its rows, read in row order, in batches of at most :data:`BATCH_ROWS`, from
+the row groups whose statistics say they may hold such nuclei (the pipeline writes one row group
+per chunk of regions, so a level-0 band reads one or two). A first pass over the small columns
+checks the table before anything is written. The file is written under a ``.partial`` name and
+renamed into place when complete.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ LABEL_MAP_COLUMNS: tuple[str, ...] = (
     "outline",
 )
 _BOX = ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1")
+#: Nuclei read at a time: at coarse levels one band spans much of the slide, so a band's nuclei
+#: are filled in batches of this many (in row order) rather than all at once.
+BATCH_ROWS = 8192
 #: Level-0 pixels above which the file is a BigTIFF (a plain TIFF ends at 4 GB, and the
 #: compressed size is not known before it is written).
 _BIGTIFF_PIXELS = 2**30
@@ -73,15 +77,54 @@ def label_map_levels(
     return levels
 
 
-def _check_table(path: Path, dataset, width: int, height: int) -> dict[int, str]:
+class _Cells:
+    """The cells table, read in bounded batches, in row order, by the level-0 rows nuclei meet."""
+
+    def __init__(self, path: Path):
+        import pyarrow.parquet as pq
+
+        self.path = path
+        # pre-buffering reads ahead of the batches asked for: off, memory stays one batch
+        self.file = pq.ParquetFile(path, pre_buffer=False)
+        names = self.file.schema_arrow.names
+        missing = [c for c in LABEL_MAP_COLUMNS if c not in names]
+        if missing:
+            raise SlideError(f"{path}: not a cells table, no column {', '.join(missing)}")
+        # rows of level 0 each row group's nuclei span, from its statistics (none: everywhere)
+        meta = self.file.metadata
+        where = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
+        self.spans = []
+        for g in range(meta.num_row_groups):
+            lo, hi = -math.inf, math.inf
+            y0, y1 = (meta.row_group(g).column(where[c]).statistics for c in ("bbox_y0", "bbox_y1"))
+            if y0 is not None and y0.has_min_max and y1 is not None and y1.has_min_max:
+                lo, hi = float(y0.min), float(y1.max)
+            self.spans.append((lo, hi))
+
+    def batches(self, columns: list[str], y_lo: float = -math.inf, y_hi: float = math.inf):
+        """Batches (at most :data:`BATCH_ROWS` rows) of the nuclei with ``bbox_y1 > y_lo`` and ``bbox_y0 <= y_hi``."""
+        import pyarrow.compute as pc
+
+        groups = [g for g, (lo, hi) in enumerate(self.spans) if hi > y_lo and lo <= y_hi]
+        if not groups:
+            return
+        for batch in self.file.iter_batches(batch_size=BATCH_ROWS, row_groups=groups, columns=columns):
+            if y_lo != -math.inf or y_hi != math.inf:
+                meets = pc.and_(
+                    pc.greater(batch.column("bbox_y1"), y_lo), pc.less_equal(batch.column("bbox_y0"), y_hi)
+                )
+                batch = batch.filter(meets)
+            if batch.num_rows:
+                yield batch
+
+
+def _check_table(cells: _Cells, width: int, height: int) -> dict[int, str]:
     """One pass over the small columns: every row usable; returns the labels present ``{label_id: class}``."""
     import pyarrow.compute as pc
 
-    missing = [c for c in LABEL_MAP_COLUMNS if c not in dataset.schema.names]
-    if missing:
-        raise SlideError(f"{path}: not a cells table, no column {', '.join(missing)}")
+    path = cells.path
     labels: dict[int, str] = {}
-    for batch in dataset.to_batches(columns=["id", "label_id", "class", *_BOX]):
+    for batch in cells.batches(["id", "label_id", "class", *_BOX]):
         if batch.num_rows == 0:
             continue
         ids = batch.column("id").to_numpy(zero_copy_only=False)
@@ -167,10 +210,8 @@ def _fill_band(band: np.ndarray, rows: int, cols: int, row0: int, d: int, nuclei
                 band[r, c] = values
 
 
-def _level_tiles(dataset, path: Path, d: int, width: int, height: int, tile: int) -> Iterator[np.ndarray]:
+def _level_tiles(cells: _Cells, d: int, width: int, height: int, tile: int) -> Iterator[np.ndarray]:
     """The tiles of one level in row-major order, one band of tile rows rasterised at a time."""
-    import pyarrow.dataset as ds
-
     columns = ["id", "label_id", *_BOX, "outline"]
     tiles_across = math.ceil(width / tile)
     band = np.zeros((tile, tiles_across * tile), dtype=np.uint8)
@@ -180,13 +221,11 @@ def _level_tiles(dataset, path: Path, d: int, width: int, height: int, tile: int
         # level-0 rows whose centres this band samples: row0 * d + d // 2 ... (row0 + rows - 1) * d + d // 2
         y_lo = row0 * d + d // 2 + 0.5
         y_hi = (row0 + rows - 1) * d + d // 2 + 0.5
-        expr = (ds.field("bbox_y1") > y_lo) & (ds.field("bbox_y0") <= y_hi)
         try:
-            nuclei = dataset.to_table(columns=columns, filter=expr)
-            _fill_band(band, rows, width, row0, d, nuclei)
+            for nuclei in cells.batches(columns, y_lo, y_hi):
+                _fill_band(band, rows, width, row0, d, nuclei)
         except SlideError as err:
-            raise SlideError(f"{path}: {err}") from None
-        del nuclei
+            raise SlideError(f"{cells.path}: {err}") from None
         for col in range(tiles_across):
             yield band[:, col * tile : (col + 1) * tile].copy()
 
@@ -222,7 +261,6 @@ def write_label_map(
         ValueError: ``width``, ``height``, ``tile`` or ``downsample`` unusable.
     """
     import pyarrow as pa
-    import pyarrow.dataset as ds
     import tifffile
 
     from .writing import _replace_atomic
@@ -237,8 +275,8 @@ def write_label_map(
     path = Path(cells_parquet)
     out_path = Path(out_path)
     try:
-        dataset = ds.dataset(path, format="parquet")
-        labels = _check_table(path, dataset, width, height)
+        cells = _Cells(path)
+        labels = _check_table(cells, width, height)
     except (OSError, pa.ArrowException) as err:
         raise SlideError(f"{path}: cannot read the cells table ({str(err).splitlines()[0]})") from err
 
@@ -259,7 +297,7 @@ def write_label_map(
                     per_cm = 1e4 / (mpp * d)
                     extra = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
                 tif.write(
-                    _level_tiles(dataset, path, d, w, h, tile),
+                    _level_tiles(cells, d, w, h, tile),
                     shape=(h, w),
                     dtype=np.uint8,
                     tile=(tile, tile),

@@ -116,6 +116,7 @@ def segment_slide(
     select_chunks: Callable[[list[int]], set[int]] | None = None,
     sync: Callable[[], None] | None = None,
     finish: bool = True,
+    label_map: bool = False,
 ) -> dict[str, Any]:
     """Segment every nucleus of one slide; returns the summary (also written as ``NAME_summary.json``).
 
@@ -148,6 +149,8 @@ def segment_slide(
             ``select_chunks(weights)`` gets the tissue regions of every chunk and returns the
             chunks this process does; ``sync()`` runs once this process's parts are written;
             ``finish=False`` returns then, leaving the final files to another process.
+        label_map: also write ``NAME_labels.tiff``, the nuclei's classes as a pyramidal tiled
+            TIFF at the slide's level-0 size (:func:`pannuke_hf.slides.label_map.write_label_map`).
 
     Raises:
         SlideError: the slide cannot be opened, has no µm/px (and none given), or the output
@@ -435,7 +438,17 @@ def segment_slide(
     sx, sy = tissue.level0_per_pixel
     outline = [c.reshape(-1, 2) * np.array([sx * scale, sy * scale]) for c in contours]
     slide.close()
-    summary = finalize(paths, len(chunks), plan.slide_mpp, thumb, scale, outline, summary)
+
+    def write_labels(summary: dict[str, Any]) -> None:
+        from .label_map import write_label_map
+
+        t = time.perf_counter()
+        write_label_map(paths["cells"], W0, H0, paths["label_map"], mpp=plan.slide_mpp)
+        summary["label_map"] = paths["label_map"].name
+        summary["seconds"]["label_map"] = time.perf_counter() - t
+
+    labels = write_labels if label_map else None
+    summary = finalize(paths, len(chunks), plan.slide_mpp, thumb, scale, outline, summary, labels)
     total = time.perf_counter() - start_all
     summary["seconds"]["total_this_run"] = total
     # over all chunks, whichever process or run did them: the same figure however the slide was shared

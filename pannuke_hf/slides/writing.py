@@ -181,8 +181,13 @@ def finalize(
     thumb_scale: float,
     tissue_outline: list[np.ndarray],
     summary: dict[str, Any],
+    before_summary: Any = None,
 ) -> dict[str, Any]:
-    """Stream the parts into the final files (see the module docstring); returns the summary written."""
+    """Stream the parts into the final files (see the module docstring); returns the summary written.
+
+    ``before_summary(summary)``, when given, runs once the other files are in place and before the
+    summary (which marks the slide finished) is written: more outputs made from them (the label map).
+    """
     import time
 
     import cv2
@@ -295,5 +300,7 @@ def finalize(
     summary["nuclei_per_class_per_mm2"] = (
         {k: v / tissue for k, v in per_class.items()} if tissue > 0 else None
     )
+    if before_summary is not None:
+        before_summary(summary)
     _replace_atomic(lambda p: p.write_text(json.dumps(summary, indent=2, default=float)), paths["summary"])
     return summary
