@@ -194,7 +194,13 @@ class _TileRunner:
         if (in_h, in_w) != (t_h, t_w):
             # the one resize rule (OpenCV INTER_LINEAR on 8 bits), as training and the processor
             tiles = np.stack([resize_image(tile, in_h, in_w) for tile in tiles])
-        x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device).permute(0, 3, 1, 2).float()
+        x = torch.from_numpy(np.ascontiguousarray(tiles))
+        if self.device.type == "cuda":  # page-locked host memory: the copy overlaps the GPU's work
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        else:
+            x = x.to(self.device)
+        # NHWC -> NCHW view: channels-last strides, the layout a channels-last model runs fastest in
+        x = x.permute(0, 3, 1, 2).float()
         x = x * self.factor
         if self.mean is not None:
             x = (x - self.mean) / self.std

@@ -208,3 +208,33 @@ def test_sigkill_mid_slide_then_resume_equals_uninterrupted(slide, model_dir, tm
     )
     with gzip.open(tmp_path / "a" / "s.geojson.gz") as a, gzip.open(tmp_path / "b" / "s.geojson.gz") as b:
         assert a.read() == b.read()
+
+
+@pytest.mark.slow  # torch.compile takes tens of seconds on two cores
+def test_compile_flag_compiles_and_finds_the_same_nuclei(slide, model_dir, tmp_path, capsys, monkeypatch):
+    import pyarrow.parquet as pq
+    import torch
+
+    compiled = []
+    real_compile = torch.compile
+
+    def spy(model, *args, **kwargs):
+        compiled.append(type(model).__name__)
+        return real_compile(model, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    tables = {}
+    for flag in ([], ["--compile"]):
+        out = tmp_path / ("compiled" if flag else "eager")
+        code, _, err = _slide(
+            [slide, "--model", model_dir, "--out", out, "--region-size", "512", *flag], capsys
+        )
+        assert code == 0, err
+        tables[bool(flag)] = pq.read_table(out / "s_cells.parquet").select(
+            ["id", "label_id", "centroid_x", "centroid_y"]
+        )
+    assert compiled == ["UNetFCNForSemanticSegmentation"]  # only the --compile run compiled the model
+    eager, comp = tables[False].to_pydict(), tables[True].to_pydict()
+    assert eager["id"] == comp["id"] and eager["label_id"] == comp["label_id"]
+    np.testing.assert_allclose(comp["centroid_x"], eager["centroid_x"], atol=1e-3)
+    np.testing.assert_allclose(comp["centroid_y"], eager["centroid_y"], atol=1e-3)

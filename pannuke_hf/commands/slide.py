@@ -104,6 +104,10 @@ def _parser() -> argparse.ArgumentParser:
         help="torch CPU threads of each process's forward passes (default: the cores the readers and post-processing "
         "leave; results can differ in the last bits with the thread count)",
     )  # fmt: skip
+    p.add_argument(
+        "--compile", action="store_true",
+        help="run the model through torch.compile (tens of seconds of compiling, won back on large slides on a GPU)",
+    )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument(
         "--shard", choices=("chunks", "slides"), default="chunks",
@@ -172,7 +176,7 @@ def _run(args: argparse.Namespace, processes) -> int:
         RegionGrid.build(1, 1, processor, model, args.tile_size, args.overlap, args.region_size, args.margin)
     except ValueError as err:
         return fail(PROG, err, 2)
-    model = prepare_model(model, precision=args.precision)
+    model = prepare_model(model, precision=args.precision, compile=args.compile)
     # on the CPU, the forward passes get the cores the readers and post-processing leave
     threads = None if next(model.parameters()).device.type == "cuda" else max(1, cpus - readers - post)
     if args.threads is not None:

@@ -237,11 +237,16 @@ def region_loader(dataset: RegionDataset, workers: int) -> torch.utils.data.Data
 
 
 def prepare_model(
-    model: torch.nn.Module, device: str | torch.device | None = None, precision: str = "auto"
+    model: torch.nn.Module,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+    compile: bool = False,
 ) -> torch.nn.Module:
     """Move the model to ``device`` in eval mode; on CUDA (``precision="auto"``) bf16 + channels_last.
 
     ``precision``: ``"auto"`` (bf16 on CUDA when supported, else fp32), ``"fp32"`` or ``"bf16"``.
+    ``compile``: wrap the model in ``torch.compile`` (off by default: compiling takes tens of
+    seconds, which only large slides win back).
     """
     if device is not None:
         model = model.to(device)
@@ -255,6 +260,8 @@ def prepare_model(
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
+    if compile:
+        model = torch.compile(model)
     return model
 
 
