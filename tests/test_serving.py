@@ -272,22 +272,11 @@ def test_evaluation_and_predict_image_give_the_same_label_maps():
 def test_a_distance_map_model_agrees_too():
     """With the hv head, the nucleus logits and distance maps are stitched like the class logits."""
     from pannuke_hf.inference import predict_instances
-    from pannuke_hf.models.unet_fcn import UNetFCNConfig, UNetFCNForSemanticSegmentation
+    from pannuke_hf.models.unet_fcn import UNetFCNForSemanticSegmentation
+    from tests._models import tiny_config
 
     torch.manual_seed(0)
-    config = UNetFCNConfig(
-        base_channels=4,
-        num_stages=2,
-        encoder_num_convs=[1, 1],
-        decoder_num_convs=[1],
-        strides=[1, 1],
-        downsamples=[True],
-        encoder_dilations=[1, 1],
-        decoder_dilations=[1],
-        head_channels=4,
-        instance_head="hv",
-    )
-    model = UNetFCNForSemanticSegmentation(config).eval()
+    model = UNetFCNForSemanticSegmentation(tiny_config(instance_head="hv")).eval()
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.mul_(3)  # sharper maps: more nuclei
